@@ -1,0 +1,238 @@
+"""The casampi-compatible client: :class:`MPICommandClient`.
+
+Scripts written for ``casampi.MPICommandClient`` run unchanged: the same
+methods, arguments and response dicts. Behind it is a :class:`ClusterSession`
+(an ipyparallel cluster of MPI engines) and a :class:`Dispatcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from . import session as _session
+from .commands import check_parameters, compile_command, short
+from .config import load_settings
+from .dispatcher import Dispatcher, flatten_request_ids
+from .errors import CommandRequestError
+
+__all__ = ["MPICommandClient", "LOG_MODES"]
+
+log = logging.getLogger("casa_magics")
+
+#: Log modes casampi accepts; all are accepted (servers log to their own files here).
+LOG_MODES = ("unified", "redirect", "separated", "console")
+
+
+class MPICommandClient:
+    """Send Python/CASA commands to servers and collect their responses.
+
+    A singleton, as in casampi: every ``MPICommandClient()`` in a process is
+    the same object. Creating it starts nothing; the cluster comes up when
+    it is first needed (``start_services()``, the first push, or
+    ``MPIEnvironment.mpi_server_rank_list()``).
+
+    Examples
+    --------
+    >>> client = MPICommandClient()                        # doctest: +SKIP
+    >>> client.start_services()                            # doctest: +SKIP
+    >>> client.push_command_request("1 + 1", block=True)   # doctest: +SKIP
+    [{'id': 1, 'server': 1, 'successful': True, 'ret': 2, ...}]
+    """
+
+    _instance: "MPICommandClient | None" = None
+    _instance_lock = threading.Lock()
+
+    def __new__(cls) -> "MPICommandClient":
+        with cls._instance_lock:
+            if cls._instance is None:
+                instance = super().__new__(cls)
+                instance._dispatcher = None
+                instance._lock = threading.RLock()
+                instance._log_mode = "unified"
+                instance._log_level = "INFO"
+                cls._instance = instance
+            return cls._instance
+
+    # ---------------------------------------------------------------- set-up
+    def set_log_mode(self, mode: str) -> None:
+        """Accept casampi's log modes (``'unified'``, ``'redirect'``, ...).
+
+        Servers always write CASA's log to their own file in the run
+        directory (see ``get_server_status``), so the mode is recorded only.
+        """
+        if mode not in LOG_MODES:
+            raise CommandRequestError(f"log mode must be one of {list(LOG_MODES)}, got {short(mode)}")
+        self._log_mode = mode
+
+    def set_log_level(self, level: str) -> None:
+        """Set the level of casa_magics' own log messages (e.g. ``'INFO'``, ``'DEBUG'``)."""
+        if not isinstance(level, str) or not isinstance(logging.getLevelName(level.upper()), int):
+            raise CommandRequestError(f"unknown log level {short(level)}")
+        self._log_level = level.upper()
+        log.setLevel(self._log_level)
+
+    def start_services(self) -> None:
+        """Bring up the servers (start or connect the cluster) and the dispatcher.
+
+        Idempotent: a second call does nothing.
+        """
+        self._services()
+
+    def _services(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                session = _session.current_session()
+                self._dispatcher = Dispatcher(session, load_settings().server_timeout)
+            return self._dispatcher
+
+    @property
+    def session(self) -> "_session.ClusterSession":
+        """The cluster session behind the client (started on first use)."""
+        return self._services().session
+
+    def stop_services(self, force: bool = False) -> list[int]:
+        """End the session: answer unfinished requests as cut short, stop what was started.
+
+        A cluster this client started is shut down (controller, engines and
+        ``mpiexec``); a cluster it connected to is left running.
+
+        Returns
+        -------
+        list of int
+            IDs of the requests that were cut short.
+        """
+        with self._lock:
+            dispatcher, self._dispatcher = self._dispatcher, None
+        cut = dispatcher.close() if dispatcher is not None else []
+        if cut:
+            log.warning("stop_services cut short requests %s", cut)
+        if _session.has_current_session():
+            _session.current_session().stop()
+        _session.set_current_session(None)
+        return cut
+
+    # ---------------------------------------------------------------- pushing
+    def push_command_request(
+        self,
+        command: str,
+        block: bool = False,
+        target_server: int | list[int] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> list[int] | list[dict[str, Any]]:
+        """Send a command to one, several or any server.
+
+        Parameters
+        ----------
+        command : str
+            Python source. One expression is evaluated and its value returned
+            in ``ret``; otherwise the statements are executed (``ret`` None).
+        block : bool
+            Wait for the responses and return them (default False: return
+            the request IDs at once).
+        target_server : None, int or list of int
+            None: the first free server. An int: that server. A list: one
+            request per listed server.
+        parameters : dict, optional
+            Values placed in the server's namespace for this command only.
+            With a bare call like ``"wvrgcal()"`` they are passed as keyword
+            arguments: ``wvrgcal(**parameters)``.
+
+        Returns
+        -------
+        list of int or list of dict
+            Request IDs (one per target server), or with ``block=True`` the
+            response dicts in the order of the target servers.
+
+        Raises
+        ------
+        CommandRequestError
+            For an invalid command, target, parameters or ``block``; nothing
+            is sent.
+        """
+        if not isinstance(block, bool):
+            raise CommandRequestError(f"block must be True or False, got {short(block)}")
+        compiled = compile_command(command)
+        checked = check_parameters(parameters)
+        dispatcher = self._services()
+        targets = dispatcher.session.servers.parse_targets(target_server)
+        ids = dispatcher.push(compiled, checked, targets)
+        if block:
+            return dispatcher.responses(ids, block=True)
+        return ids
+
+    # ---------------------------------------------------------------- getting
+    def get_command_response(
+        self,
+        command_request_id_list: int | list,
+        block: bool = False,
+        verbose: bool = True,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Response dicts of earlier requests, in the order of the IDs given.
+
+        Parameters
+        ----------
+        command_request_id_list : int, list of int, or list of lists
+            As returned by non-blocking ``push_command_request`` calls.
+        block : bool
+            Wait until all have responses; otherwise return those available now.
+        verbose : bool
+            Accepted for casampi compatibility.
+        timeout : float, optional
+            Longest wait when blocking; then :class:`TimeoutError` (nothing
+            is lost: a later call still returns the responses).
+
+        Raises
+        ------
+        CommandRequestError
+            For a malformed or unknown request ID.
+        """
+        if not isinstance(block, bool):
+            raise CommandRequestError(f"block must be True or False, got {short(block)}")
+        ids = flatten_request_ids(command_request_id_list)
+        return self._services().responses(ids, block=block, timeout=timeout)
+
+    def get_command_response_event(self, command_request_id_list: int | list) -> threading.Event:
+        """A :class:`threading.Event` that is set once every listed request has a response."""
+        return self._services().event_for(flatten_request_ids(command_request_id_list))
+
+    def get_command_request_list(self) -> dict[int, dict[str, Any]]:
+        """Every request this client knows, finished or not, keyed by request ID."""
+        return self._services().request_states()
+
+    def get_command_response_list(self) -> dict[int, dict[str, Any]]:
+        """The responses received so far, keyed by request ID."""
+        return self._services().finished_responses()
+
+    def get_server_status(self) -> dict[int, dict[str, Any]]:
+        """State of every server, keyed by server ID.
+
+        Each value has ``rank``, ``processor`` (host name), ``pid``, ``busy``,
+        ``command``, ``command_start_time``, ``timeout``, and also
+        ``engine``, ``queued``, ``running_for`` and ``lost``.
+        """
+        return self._services().server_status()
+
+    # ---------------------------------------------------------------- extras
+    def abort_command_request(self, command_request_id_list: int | list) -> dict[int, str]:
+        """Cancel requests: queued ones are dropped, running ones interrupted.
+
+        Their responses get status ``'cancelled'``. Returns what happened to
+        each, keyed by request ID. (Not in casampi.)
+        """
+        return self._services().cancel(flatten_request_ids(command_request_id_list))
+
+    def forget_command_responses(self, command_request_id_list: int | list | None = None) -> list[int]:
+        """Let go of finished requests so their memory is freed. (Not in casampi.)
+
+        With no argument, every finished request is forgotten; their IDs then
+        count as unknown. Returns the forgotten IDs.
+        """
+        ids = None if command_request_id_list is None else flatten_request_ids(command_request_id_list)
+        return self._services().forget(ids)
+
+    def __repr__(self) -> str:
+        state = "running" if self._dispatcher is not None else "not started"
+        return f"<MPICommandClient {state}>"

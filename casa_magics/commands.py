@@ -1,0 +1,126 @@
+"""Turning a casampi command string into something a server can run.
+
+This is pure logic with no cluster in sight: deciding between ``eval`` and
+``exec`` mode, recognising the ``task()`` + parameters form, and checking
+arguments the way :meth:`MPICommandClient.push_command_request` needs them.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CommandRequestError
+
+__all__ = ["CompiledCommand", "compile_command", "check_parameters", "short"]
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class CompiledCommand:
+    """A command string and how a server should run it.
+
+    Attributes
+    ----------
+    source : str
+        The command as pushed.
+    mode : {'eval', 'exec'}
+        ``'eval'`` when the command is one expression (its value becomes the
+        response's ``ret``), else ``'exec'``.
+    call_with_parameters : bool
+        True when the command is a call with no arguments, like
+        ``"wvrgcal()"``, so parameters become keyword arguments.
+    """
+
+    source: str
+    mode: str
+    call_with_parameters: bool
+
+
+def compile_command(command: Any) -> CompiledCommand:
+    """Decide how a command string runs, or refuse it.
+
+    Parameters
+    ----------
+    command : str
+        Python source: one expression, or one or more statements.
+
+    Returns
+    -------
+    CompiledCommand
+
+    Raises
+    ------
+    CommandRequestError
+        If ``command`` is not a non-empty string or compiles neither as an
+        expression nor as statements.
+
+    Examples
+    --------
+    >>> compile_command("1 + 1").mode
+    'eval'
+    >>> compile_command("x = 1").mode
+    'exec'
+    >>> compile_command("wvrgcal()").call_with_parameters
+    True
+    """
+    if not isinstance(command, str):
+        raise CommandRequestError(f"command must be a string, got {short(command)}")
+    return _compile_text(command)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_text(command: str) -> CompiledCommand:
+    # Scripts push the same few command strings many times: parse each once.
+    if not command.strip():
+        raise CommandRequestError(f"command must not be empty, got {command!r}")
+    try:
+        tree = ast.parse(command, mode="eval")
+    except SyntaxError:
+        pass
+    else:
+        body = tree.body
+        bare_call = isinstance(body, ast.Call) and not body.args and not body.keywords
+        return CompiledCommand(command, "eval", bare_call)
+    try:
+        ast.parse(command, mode="exec")
+    except SyntaxError as error:
+        raise CommandRequestError(
+            f"command {short(command)} is not valid Python: {error.msg} (line {error.lineno})"
+        ) from None
+    return CompiledCommand(command, "exec", False)
+
+
+def check_parameters(parameters: Any) -> dict[str, Any] | None:
+    """Check the ``parameters`` argument of a push.
+
+    Parameters
+    ----------
+    parameters : dict or None
+        Names to place in the server's namespace for one command.
+
+    Returns
+    -------
+    dict or None
+        A shallow copy, so later changes by the caller do not leak in.
+
+    Raises
+    ------
+    CommandRequestError
+        If ``parameters`` is not a dict, or a key is not a valid Python name.
+    """
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise CommandRequestError(f"parameters must be a dict, got {short(parameters)}")
+    for key in parameters:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise CommandRequestError(f"parameter name must be a Python identifier, got {short(key)}")
+    return dict(parameters)

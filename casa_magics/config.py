@@ -1,0 +1,136 @@
+"""Settings read from ``CASA_MAGICS_*`` environment variables, in one place.
+
+Every tunable of the package has a default here; an environment variable of
+the same name (upper case, ``CASA_MAGICS_`` prefix) overrides it. The values
+are read when :func:`load_settings` is called, so a test or a notebook can set
+a variable before starting a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+
+__all__ = ["Settings", "load_settings", "default_engine_count"]
+
+_PREFIX = "CASA_MAGICS_"
+
+
+def default_engine_count() -> int:
+    """Number of servers an embedded cluster gets when none is asked for.
+
+    One per core, but at least 2 so that a casampi script that expects a
+    client and two servers works on a laptop.
+    """
+    return max(2, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Snapshot of the ``CASA_MAGICS_*`` environment.
+
+    Attributes
+    ----------
+    engines : int
+        Servers in an embedded cluster (``CASA_MAGICS_ENGINES``).
+    start_timeout : float
+        Seconds to wait for all engines to register (``CASA_MAGICS_START_TIMEOUT``).
+    server_timeout : float
+        Seconds a busy server may go without a sign of life before its requests
+        are answered with status ``'timeout'`` (``CASA_MAGICS_SERVER_TIMEOUT``).
+    mpiexec : str
+        The MPI launcher command (``CASA_MAGICS_MPIEXEC``).
+    mpiexec_args : list of str
+        Extra arguments for the launcher, split like a shell would
+        (``CASA_MAGICS_MPIEXEC_ARGS``), e.g. ``"-f hosts.txt"``.
+    hostfile : str or None
+        A hostfile handed to the launcher (``CASA_MAGICS_HOSTFILE``).
+    profile, cluster_id, connection_file : str or None
+        When set, connect to that running cluster instead of starting one
+        (``CASA_MAGICS_PROFILE``, ``CASA_MAGICS_CLUSTER_ID``,
+        ``CASA_MAGICS_CONNECTION_FILE``).
+    run_dir : str or None
+        Where servers write logs and the CASA site config
+        (``CASA_MAGICS_RUN_DIR``; default a fresh temporary directory).
+    allow_no_mpi : bool
+        Fall back to plain local engines when MPI does not work
+        (``CASA_MAGICS_ALLOW_NO_MPI``, default on).
+    """
+
+    engines: int = field(default_factory=default_engine_count)
+    start_timeout: float = 60.0
+    server_timeout: float = 30.0
+    mpiexec: str = "mpiexec"
+    mpiexec_args: list[str] = field(default_factory=list)
+    hostfile: str | None = None
+    profile: str | None = None
+    cluster_id: str | None = None
+    connection_file: str | None = None
+    run_dir: str | None = None
+    allow_no_mpi: bool = True
+
+    @property
+    def wants_connection(self) -> bool:
+        """True when the environment names a running cluster to connect to."""
+        return bool(self.profile or self.cluster_id or self.connection_file)
+
+
+def _positive(name: str, text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{_PREFIX}{name} must be a positive number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{_PREFIX}{name} must be a positive number, got {text!r}")
+    return value
+
+
+def _flag(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{_PREFIX}{name} must be 0 or 1, got {text!r}")
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read the ``CASA_MAGICS_*`` variables.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        Mapping to read instead of :data:`os.environ`.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ValueError
+        If a variable holds a value of the wrong kind; the message names it.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(_PREFIX + name)
+        return value if value not in (None, "") else None
+
+    values: dict[str, object] = {}
+    if (text := get("ENGINES")) is not None:
+        values["engines"] = _positive("ENGINES", text, int)
+    for name in ("START_TIMEOUT", "SERVER_TIMEOUT"):
+        if (text := get(name)) is not None:
+            values[name.lower()] = _positive(name, text, float)
+    if (text := get("MPIEXEC")) is not None:
+        values["mpiexec"] = text
+    if (text := get("MPIEXEC_ARGS")) is not None:
+        values["mpiexec_args"] = shlex.split(text)
+    if (text := get("ALLOW_NO_MPI")) is not None:
+        values["allow_no_mpi"] = _flag("ALLOW_NO_MPI", text)
+    for name in ("HOSTFILE", "PROFILE", "CLUSTER_ID", "CONNECTION_FILE", "RUN_DIR"):
+        if (text := get(name)) is not None:
+            values[name.lower()] = text
+    return Settings(**values)

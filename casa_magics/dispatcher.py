@@ -1,0 +1,526 @@
+"""Sending requests to servers and collecting their answers.
+
+The :class:`Dispatcher` owns every request of a client. Its rules, taken
+from casampi:
+
+* a request for a given server goes to that server; requests for one server
+  run there in the order they were pushed (FIFO);
+* a request for *any* server (``target_server=None``) waits in a client-side
+  holding queue until some server is free (nothing sent to it is
+  unfinished), and then runs there;
+* a server that dies, or stops answering for longer than the server
+  timeout, has its requests answered with status ``'timeout'``; if it comes
+  back, its real answers replace those.
+
+Speed comes from sending several requests in one ipyparallel message when
+they pile up: requests for a server that already has two messages in flight
+are held and sent together when one comes back, and untargeted requests go
+out in batches when the recent commands were quick (a batch is sized to take
+about :data:`BATCH_WINDOW` seconds). Each request still gets its own
+response, and order per server is unchanged.
+
+Nothing here polls for completion: ipyparallel's futures call back when an
+answer arrives. A small watchdog thread checks that busy servers are alive.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterable
+
+from ipyparallel import error as ipp_error
+
+from .commands import CompiledCommand, short
+from .errors import CommandRequestError
+from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
+from .server_map import ServerInfo
+from .server_side import run_requests
+
+__all__ = ["Dispatcher", "flatten_request_ids", "MAX_IN_FLIGHT", "MAX_BATCH", "BATCH_WINDOW"]
+
+log = logging.getLogger("casa_magics")
+
+#: Messages a server may have in flight before further requests for it are held and sent together.
+MAX_IN_FLIGHT = 2
+#: Most requests in one message.
+MAX_BATCH = 256
+#: Target run time of one batch of untargeted requests, in seconds.
+BATCH_WINDOW = 0.02
+_ESTIMATE_WEIGHT = 0.2  # weight of the newest command in the running mean duration
+
+
+def flatten_request_ids(request_ids: Any) -> list[int]:
+    """Accept an ID, a list of IDs, or a list of such lists, and return a flat list.
+
+    Raises
+    ------
+    CommandRequestError
+        For anything that is not a positive int or a (nested) list of them,
+        and for an empty list.
+    """
+    flat: list[int] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, (list, tuple)):
+            for inner in item:
+                walk(inner)
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise CommandRequestError(f"request IDs must be integers or lists of integers, got {short(item)}")
+        elif item < 1:
+            raise CommandRequestError(f"request IDs are positive integers, got {item}")
+        else:
+            flat.append(item)
+
+    walk(request_ids)
+    if not flat:
+        raise CommandRequestError(f"no request IDs given: {short(request_ids)}")
+    return flat
+
+
+class _Message:
+    """One ipyparallel message: a batch of requests and its AsyncResult."""
+
+    __slots__ = ("requests", "result", "sent")
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.result: Any = None
+        self.sent = time.time()
+
+
+class _Server:
+    """What the dispatcher knows about one server."""
+
+    __slots__ = ("info", "view", "in_flight", "waiting", "lost", "timed_out", "silent_since", "head_since")
+
+    def __init__(self, info: ServerInfo, view: Any) -> None:
+        self.info = info
+        self.view = view
+        self.in_flight: collections.deque[_Message] = collections.deque()
+        self.waiting: list[Request] = []  # for this server, not sent yet
+        self.lost: str | None = None  # why, once the server is gone for good
+        self.timed_out = False  # stopped answering; may come back
+        self.silent_since: float | None = None
+        self.head_since: float | None = None  # when the oldest message in flight became the head
+
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and not self.timed_out
+
+    @property
+    def free(self) -> bool:
+        return self.usable and not self.in_flight and not self.waiting
+
+    def describe(self) -> str:
+        i = self.info
+        return f"server {i.server} (host {i.host}, pid {i.pid})"
+
+
+class Dispatcher:
+    """Queues, sends and tracks the requests of one client session.
+
+    Parameters
+    ----------
+    session : ClusterSession
+        The connected cluster; its server map says where servers are.
+    server_timeout : float
+        Seconds a busy server may be unresponsive before its requests are
+        answered with status ``'timeout'``.
+    """
+
+    def __init__(self, session: Any, server_timeout: float) -> None:
+        self.session = session
+        self.server_timeout = server_timeout
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._requests: dict[int, Request] = {}
+        self._holding: collections.deque[Request] = collections.deque()
+        self._waiters: list[tuple[set[int], threading.Event]] = []
+        self._estimate: float | None = None
+        self._cancel_asked: set[int] = set()
+        client = session.client
+        self._servers = {info.server: _Server(info, client[info.engine]) for info in session.servers}
+        self._closed = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="casa-magics-watchdog", daemon=True)
+        self._watchdog.start()
+
+    # ----------------------------------------------------------------- pushing
+    def push(self, compiled: CompiledCommand, parameters: dict | None, targets: list[int] | None) -> list[int]:
+        """Create requests (one per target, or one for any server) and send what can go now."""
+        with self._lock:
+            if self._closed.is_set():
+                raise CommandRequestError("the client's services are stopped: call start_services() first")
+            if targets is None:
+                if all(server.lost for server in self._servers.values()):
+                    raise CommandRequestError("no server is left: every server was lost")
+            else:
+                for target in targets:
+                    server = self._servers[target]
+                    if not server.usable:
+                        why = server.lost or f"it has not answered for over {self.server_timeout:g} s"
+                        raise CommandRequestError(f"server {target} cannot take requests: {why}")
+            created = []
+            for target in targets or [None]:
+                request = Request(next(self._ids), compiled, parameters, target)
+                self._requests[request.id] = request
+                created.append(request)
+                if target is None:
+                    self._holding.append(request)
+                else:
+                    self._servers[target].waiting.append(request)
+                    self._pump(self._servers[target])
+            if targets is None:
+                self._assign()
+            return [request.id for request in created]
+
+    def _pump(self, server: _Server) -> None:
+        """Send the requests waiting for ``server`` if it has room in flight."""
+        if server.waiting and server.usable and len(server.in_flight) < MAX_IN_FLIGHT:
+            batch, server.waiting = server.waiting[:MAX_BATCH], server.waiting[MAX_BATCH:]
+            self._send(server, batch)
+
+    def _assign(self) -> None:
+        """Give held untargeted requests to free servers, lowest server ID first."""
+        if not self._holding:
+            return
+        usable = sum(1 for server in self._servers.values() if server.usable) or 1
+        for server in self._servers.values():
+            if not self._holding:
+                break
+            if not server.free:
+                continue
+            size = self._untargeted_batch_size(usable)
+            batch = [self._holding.popleft() for _ in range(min(size, len(self._holding)))]
+            for request in batch:
+                request.server = server.info.server
+            self._send(server, batch)
+
+    def _untargeted_batch_size(self, usable: int) -> int:
+        estimate = self._estimate
+        if estimate is None or estimate >= BATCH_WINDOW:
+            return 1  # unknown or slow commands: strictly one at a time, first free server
+        by_time = int(BATCH_WINDOW / max(estimate, 1e-6))
+        fair_share = math.ceil(len(self._holding) / usable)
+        return max(1, min(by_time, fair_share, MAX_BATCH))
+
+    def _send(self, server: _Server, batch: list[Request]) -> None:
+        message = _Message(batch)
+        for request in batch:
+            request.status = SENT
+        if not server.in_flight:
+            server.head_since = message.sent
+        server.in_flight.append(message)
+        message.result = server.view.apply_async(run_requests, [request.payload() for request in batch])
+        message.result.add_done_callback(lambda _future, s=server, m=message: self._on_answer(s, m))
+
+    # ---------------------------------------------------------------- answers
+    def _on_answer(self, server: _Server, message: _Message) -> None:
+        """Called by ipyparallel (in its IO thread) when a message is answered."""
+        outcomes: list[dict] | None = None
+        failure: str | None = None
+        lost: str | None = None
+        try:
+            outcomes = message.result.get(0)
+        except ipp_error.EngineError as error:
+            lost = f"the engine is gone ({error})"
+        except ipp_error.RemoteError as error:
+            failure = error.render_traceback() if hasattr(error, "render_traceback") else str(error)
+            failure = "\n".join(failure) if isinstance(failure, list) else failure
+        except Exception as error:  # e.g. a result that could not be unpickled here
+            failure = f"{type(error).__name__}: {error}"
+        with self._lock:
+            message.result = None
+            try:
+                server.in_flight.remove(message)
+            except ValueError:
+                pass
+            server.head_since = time.time() if server.in_flight else None
+            if lost is not None:
+                self._lose(server, lost)
+                return
+            finished = []
+            if outcomes is not None:
+                for request, outcome in zip(message.requests, outcomes):
+                    if request.status == CANCELLED:
+                        continue
+                    request.record_outcome(outcome)
+                    if request.id in self._cancel_asked and not outcome["successful"]:
+                        request.status = CANCELLED
+                    self._cancel_asked.discard(request.id)
+                    self._learn_duration(outcome)
+                    finished.append(request.id)
+            else:
+                for request in message.requests:
+                    if request.status != CANCELLED:
+                        request.record_failure(RECEIVED, failure or "the server's answer could not be read")
+                        finished.append(request.id)
+            # An answer is a sign of life: a server that had timed out is back.
+            server.timed_out = False
+            server.silent_since = None
+            self._notify(finished)
+            self._pump(server)
+            self._assign()
+
+    def _learn_duration(self, outcome: dict) -> None:
+        duration = max(0.0, outcome["command_stop_time"] - outcome["command_start_time"])
+        if self._estimate is None:
+            self._estimate = duration
+        else:
+            self._estimate += _ESTIMATE_WEIGHT * (duration - self._estimate)
+
+    def _answer_without_server(self, server: _Server, status: str, message: str) -> list[int]:
+        """Answer everything sent to or waiting for ``server`` with ``status``."""
+        ended = []
+        for request in itertools.chain(
+            (r for m in server.in_flight for r in m.requests), server.waiting
+        ):
+            if not request.finished:
+                request.record_failure(status, message)
+                ended.append(request.id)
+        server.waiting = []
+        self._notify(ended)
+        return ended
+
+    def _lose(self, server: _Server, why: str) -> None:
+        if server.lost is not None:
+            return
+        server.lost = why
+        log.warning("%s was lost: %s", server.describe(), why)
+        self._answer_without_server(server, TIMEOUT, f"Timeout: {server.describe()} was lost: {why}")
+        server.in_flight.clear()
+        server.head_since = None
+        if all(s.lost for s in self._servers.values()):
+            for request in self._holding:
+                request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
+            self._notify([r.id for r in self._holding])
+            self._holding.clear()
+        else:
+            self._assign()
+
+    # --------------------------------------------------------------- watchdog
+    def _watch(self) -> None:
+        interval = min(1.0, self.server_timeout / 4)
+        while not self._closed.wait(interval):
+            try:
+                self.check_servers()
+            except Exception:  # the watchdog must outlive any one bad check
+                log.exception("server check failed")
+
+    def check_servers(self) -> None:
+        """Look at every server once: is its process alive, is it answering?"""
+        import psutil
+
+        here = os.uname().nodename
+        registered = set(self.session.client.ids)
+        now = time.time()
+        for server in list(self._servers.values()):
+            if server.lost is not None:
+                continue
+            why_lost = None
+            stopped = False
+            if server.info.engine not in registered:
+                why_lost = "its engine unregistered from the controller"
+            elif server.info.host == here:
+                try:
+                    status = psutil.Process(server.info.pid).status()
+                except psutil.NoSuchProcess:
+                    why_lost = "its process is gone"
+                else:
+                    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                        why_lost = "its process is gone"
+                    stopped = status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+            with self._lock:
+                if why_lost:
+                    self._lose(server, why_lost)
+                elif stopped:
+                    if server.silent_since is None:
+                        server.silent_since = now
+                    if not server.timed_out and now - server.silent_since >= self.server_timeout and (server.in_flight or server.waiting):
+                        server.timed_out = True
+                        silent = now - server.silent_since
+                        self._answer_without_server(
+                            server, TIMEOUT, f"Timeout: {server.describe()} has not answered for {silent:.0f} s"
+                        )
+                else:
+                    server.silent_since = None
+                    if server.timed_out and not server.in_flight:
+                        server.timed_out = False
+                        self._assign()
+
+    # --------------------------------------------------------------- getting
+    def _known(self, request_ids: Iterable[int]) -> list[Request]:
+        requests = []
+        for request_id in request_ids:
+            request = self._requests.get(request_id)
+            if request is None:
+                raise CommandRequestError(f"unknown request ID {request_id}")
+            requests.append(request)
+        return requests
+
+    def _notify(self, finished_ids: list[int]) -> None:
+        if not finished_ids or not self._waiters:
+            return
+        still = []
+        for remaining, event in self._waiters:
+            remaining.difference_update(finished_ids)
+            if remaining:
+                still.append((remaining, event))
+            else:
+                event.set()
+        self._waiters = still
+
+    def event_for(self, request_ids: list[int]) -> threading.Event:
+        """An Event set once every listed request has a response."""
+        event = threading.Event()
+        with self._lock:
+            remaining = {r.id for r in self._known(request_ids) if not r.finished}
+            if remaining:
+                self._waiters.append((remaining, event))
+            else:
+                event.set()
+        return event
+
+    def _forget_waiter(self, event: threading.Event) -> None:
+        with self._lock:
+            self._waiters = [(ids, e) for ids, e in self._waiters if e is not event]
+
+    def responses(self, request_ids: list[int], block: bool, timeout: float | None = None) -> list[dict]:
+        """Response dicts of the given requests, in the order given.
+
+        Blocking waits for all of them (at most ``timeout`` seconds, then
+        :class:`TimeoutError`); non-blocking leaves out those not finished.
+        """
+        with self._lock:
+            self._known(request_ids)  # unknown IDs fail before any wait
+        if block:
+            event = self.event_for(request_ids)
+            try:
+                if not event.wait(timeout):
+                    with self._lock:
+                        pending = [r.id for r in self._known(request_ids) if not r.finished]
+                    raise TimeoutError(f"requests {pending} have no response after {timeout:g} s")
+            finally:
+                self._forget_waiter(event)
+        with self._lock:
+            return [self._response(r) for r in self._known(request_ids) if r.finished]
+
+    def _response(self, request: Request) -> dict:
+        if request.server is None:
+            return request.response()
+        info = self._servers[request.server].info
+        return request.response(info.engine, info.host, info.pid)
+
+    def request_states(self) -> dict[int, dict]:
+        """Every known request's current state, keyed by request ID."""
+        with self._lock:
+            return {r.id: self._response(r) for r in self._requests.values()}
+
+    def finished_responses(self) -> dict[int, dict]:
+        """Responses of every finished request, keyed by request ID."""
+        with self._lock:
+            return {r.id: self._response(r) for r in self._requests.values() if r.finished}
+
+    def forget(self, request_ids: list[int] | None = None) -> list[int]:
+        """Drop finished requests (all, or those listed) to free memory; returns their IDs."""
+        with self._lock:
+            if request_ids is None:
+                chosen = [r for r in self._requests.values() if r.finished]
+            else:
+                chosen = self._known(request_ids)
+                unfinished = [r.id for r in chosen if not r.finished]
+                if unfinished:
+                    raise CommandRequestError(f"requests {unfinished} are not finished and cannot be forgotten")
+            for request in chosen:
+                del self._requests[request.id]
+            return [r.id for r in chosen]
+
+    # ---------------------------------------------------------------- status
+    def server_status(self) -> dict[int, dict]:
+        """casampi's ``get_server_status()``: a dict per server ID."""
+        now = time.time()
+        status = {}
+        with self._lock:
+            for server_id, server in self._servers.items():
+                head = server.in_flight[0].requests[0] if server.in_flight else None
+                queued = sum(len(m.requests) for m in server.in_flight) + len(server.waiting)
+                status[server_id] = {
+                    "rank": server.info.rank,
+                    "processor": server.info.host,
+                    "pid": server.info.pid,
+                    "engine": server.info.engine,
+                    "busy": bool(server.in_flight),
+                    "command": head.compiled.source if head else None,
+                    "command_start_time": server.head_since if head else None,
+                    "running_for": now - server.head_since if head and server.head_since else None,
+                    "queued": queued,
+                    "timeout": server.timed_out or server.lost is not None,
+                    "lost": server.lost,
+                }
+        return status
+
+    @property
+    def holding(self) -> int:
+        """Number of untargeted requests waiting for a free server."""
+        return len(self._holding)
+
+    # ------------------------------------------------------------ cancelling
+    def cancel(self, request_ids: list[int]) -> dict[int, str]:
+        """Cancel requests: never-sent ones are dropped, running ones interrupted.
+
+        Returns ``{request_id: what happened}``.
+        """
+        outcome: dict[int, str] = {}
+        interrupt: set[int] = set()
+        with self._lock:
+            for request in self._known(request_ids):
+                if request.finished:
+                    outcome[request.id] = f"already finished ({request.status})"
+                elif request.status == HOLDING:
+                    if request in self._holding:
+                        self._holding.remove(request)
+                    else:
+                        self._servers[request.server].waiting.remove(request)
+                    request.record_failure(CANCELLED, "cancelled before it was sent")
+                    self._notify([request.id])
+                    outcome[request.id] = "cancelled before it was sent"
+                else:
+                    self._cancel_asked.add(request.id)
+                    server = self._servers[request.server]
+                    head = server.in_flight[0] if server.in_flight else None
+                    if head is not None and head.requests and request in head.requests:
+                        interrupt.add(request.server)
+                        outcome[request.id] = "interrupted on its server"
+                    else:
+                        outcome[request.id] = "will be cancelled when its server reaches it"
+        for server_id in interrupt:
+            self._interrupt(self._servers[server_id])
+        return outcome
+
+    def _interrupt(self, server: _Server) -> None:
+        if server.info.host != os.uname().nodename:
+            raise CommandRequestError(f"cannot interrupt {server.describe()}: it runs on another host")
+        os.kill(server.info.pid, signal.SIGINT)
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> list[int]:
+        """Stop the watchdog and answer every unfinished request as cut short.
+
+        Returns the IDs of the requests that were cut short.
+        """
+        self._closed.set()
+        with self._lock:
+            cut = [r for r in self._requests.values() if not r.finished]
+            for request in cut:
+                request.record_failure(CANCELLED, "cut short: stop_services() was called before it finished")
+            self._holding.clear()
+            for server in self._servers.values():
+                server.waiting = []
+            self._notify([r.id for r in cut])
+            return [r.id for r in cut]

@@ -1,0 +1,143 @@
+"""The mapping between CASA server IDs and ipyparallel engine IDs.
+
+casampi numbers its servers by MPI rank (rank 0 is the client, so servers are
+1..N). Here every server is an engine, and engines register with the
+controller in whatever order they come up, so the engine ID says nothing
+about the rank. The map is read from the engines themselves: server ID =
+MPI rank + 1. This module is the only place a server ID becomes an engine ID.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .commands import short
+from .errors import CommandRequestError
+
+__all__ = ["ServerInfo", "ServerMap"]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """One server: its IDs and where it runs."""
+
+    server: int
+    engine: int
+    rank: int | None
+    host: str
+    pid: int
+
+
+class ServerMap:
+    """Server IDs (1..N) and the engines behind them.
+
+    Parameters
+    ----------
+    identities : dict
+        ``{engine_id: identity}`` where each identity is the dict returned by
+        :func:`casa_magics.server_side.engine_identity` on that engine.
+
+    Notes
+    -----
+    When the engines are not MPI processes, there is no rank to read; servers
+    are then numbered engine ID + 1 in engine order, with a warning.
+    """
+
+    def __init__(self, identities: dict[int, dict[str, Any]]) -> None:
+        if not identities:
+            raise ValueError("a server map needs at least one engine")
+        ranks = [identity.get("rank") for identity in identities.values()]
+        self.mpi = all(identity.get("mpi") for identity in identities.values()) and len(set(ranks)) == len(ranks)
+        if not self.mpi:
+            warnings.warn(
+                "engines are not MPI processes: server IDs follow engine IDs (server = engine + 1)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        servers = {}
+        for engine, identity in sorted(identities.items()):
+            server = identity["rank"] + 1 if self.mpi else engine + 1
+            servers[server] = ServerInfo(server, engine, identity.get("rank"), identity["host"], identity["pid"])
+        self._servers = dict(sorted(servers.items()))
+        self._by_engine = {info.engine: info for info in self._servers.values()}
+
+    def __len__(self) -> int:
+        return len(self._servers)
+
+    def __iter__(self):
+        return iter(self._servers.values())
+
+    def __contains__(self, server: object) -> bool:
+        return server in self._servers
+
+    @property
+    def server_ids(self) -> list[int]:
+        """Server IDs in increasing order: ``[1, ..., N]`` on MPI engines."""
+        return list(self._servers)
+
+    def info(self, server: int) -> ServerInfo:
+        """The :class:`ServerInfo` of a server ID (KeyError if unknown)."""
+        return self._servers[server]
+
+    def engine_of(self, server: int) -> int:
+        """The engine ID behind a server ID. The one place the conversion happens."""
+        return self._servers[server].engine
+
+    def server_of(self, engine: int) -> int:
+        """The server ID of an engine ID."""
+        return self._by_engine[engine].server
+
+    def parse_targets(self, target_server: Any) -> list[int] | None:
+        """Check a ``target_server`` argument and return a list of server IDs.
+
+        Parameters
+        ----------
+        target_server : None, int or list of int
+            None means "the first free server" and is returned as None.
+
+        Raises
+        ------
+        CommandRequestError
+            For a wrong type, an empty list, or a server ID that is not in
+            the map; the message names the bad value.
+        """
+        if target_server is None:
+            return None
+        items: Iterable[Any]
+        if isinstance(target_server, (list, tuple)):
+            if not target_server:
+                raise CommandRequestError(f"target_server must not be an empty list, got {short(target_server)}")
+            items = target_server
+        else:
+            items = [target_server]
+        servers = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise CommandRequestError(
+                    f"target_server must be None, a server ID or a list of server IDs, got {short(item)}"
+                )
+            if item not in self._servers:
+                raise CommandRequestError(f"unknown server {item}: servers are {self.server_ids}")
+            servers.append(item)
+        return servers
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per server (server, engine, rank, host, pid), for tables."""
+        return [
+            {"server": i.server, "engine": i.engine, "rank": i.rank, "host": i.host, "pid": i.pid}
+            for i in self
+        ]
+
+    def __repr__(self) -> str:
+        lines = [f"{'server':>6} {'engine':>6} {'rank':>4}  host (pid)"]
+        for i in self:
+            rank = "-" if i.rank is None else i.rank
+            lines.append(f"{i.server:>6} {i.engine:>6} {rank:>4}  {i.host} ({i.pid})")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from .display import html_table
+
+        return html_table(self.rows(), caption="CASA servers")

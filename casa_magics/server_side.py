@@ -1,0 +1,174 @@
+"""Code that runs on the servers (ipyparallel engines), not on the client.
+
+The client sends :func:`run_requests` by reference, so this module must be
+importable on every engine; it therefore imports nothing heavy. Commands run
+in the engine's interactive namespace, the same one ``%px`` uses.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+__all__ = ["run_requests", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+
+#: Characters of stdout/stderr kept per response; more is cut with a note.
+STREAM_LIMIT = 1_000_000
+
+_FILENAME = "<casa command>"
+_fallback_namespace: dict[str, Any] = {"__name__": "__main__"}
+
+
+def user_namespace() -> dict[str, Any]:
+    """The engine's interactive namespace (where ``%px`` code runs)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - engines always have IPython
+        return _fallback_namespace
+    shell = get_ipython()
+    return shell.user_ns if shell is not None else _fallback_namespace
+
+
+def engine_identity() -> dict[str, Any]:
+    """Who this engine is: MPI rank and size, host, pid.
+
+    ``mpi`` is False when the engine is not an MPI process; rank and size
+    then come from nowhere and are None.
+    """
+    rank = size = None
+    mpi_module = sys.modules.get("mpi4py.MPI")
+    if mpi_module is not None and mpi_module.Is_initialized():
+        rank = mpi_module.COMM_WORLD.Get_rank()
+        size = mpi_module.COMM_WORLD.Get_size()
+    return {
+        "mpi": rank is not None,
+        "rank": rank,
+        "size": size,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+class _Tee(io.TextIOBase):
+    """Write to the engine's own stream (so ipyparallel still sees it) and keep a copy."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.kept: list[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> int:
+        if self.size < STREAM_LIMIT:
+            self.kept.append(text[: STREAM_LIMIT - self.size])
+        self.size += len(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        kept = "".join(self.kept)
+        if self.size > STREAM_LIMIT:
+            kept += f"\n[... {self.size - STREAM_LIMIT} more characters not kept]\n"
+        return kept
+
+
+def _discard(_buffer: Any) -> None:
+    """Out-of-band pickle buffers are not copied: only picklability is checked."""
+
+
+def _format_failure(error: BaseException) -> str:
+    tb = error.__traceback__
+    # Drop this module's frames: the user's command starts the traceback.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:
+    request_id, source, mode, call_with_parameters, parameters = request
+    saved: dict[str, Any] = {}
+    missing = object()
+    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    outcome: dict[str, Any] = {"id": request_id, "successful": False, "ret": None, "traceback": None}
+    start = time.time()
+    try:
+        if parameters:
+            for name, value in parameters.items():
+                saved[name] = namespace.get(name, missing)
+                namespace[name] = value
+        code = compile(source, _FILENAME, mode)
+        if mode == "eval" and call_with_parameters and parameters:
+            function = eval(compile(source[: source.rindex("(")], _FILENAME, "eval"), namespace)
+            value = function(**parameters)
+        elif mode == "eval":
+            value = eval(code, namespace)
+        else:
+            exec(code, namespace)
+            value = None
+        try:
+            pickle.dumps(value, protocol=5, buffer_callback=_discard)
+        except Exception as error:
+            raise TypeError(
+                f"the value of {source!r} ({type(value).__name__}) cannot be sent back to the client: {error}"
+            ) from None
+        outcome["ret"] = value
+        outcome["successful"] = True
+    except BaseException as error:  # a command's KeyboardInterrupt is its failure too
+        outcome["traceback"] = _format_failure(error)
+    finally:
+        outcome["command_stop_time"] = time.time()
+        sys.stdout, sys.stderr = out.stream, err.stream
+        for name, value in saved.items():
+            if value is missing:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+    outcome["command_start_time"] = start
+    outcome["stdout"] = out.text()
+    outcome["stderr"] = err.text()
+    return outcome
+
+
+def run_requests(requests: list[tuple]) -> list[dict[str, Any]]:
+    """Run requests in order and return one outcome dict for each.
+
+    Parameters
+    ----------
+    requests : list of tuple
+        ``(request_id, source, mode, call_with_parameters, parameters)``.
+
+    Returns
+    -------
+    list of dict
+        Keys ``id``, ``successful``, ``ret``, ``traceback``,
+        ``command_start_time``, ``command_stop_time``, ``stdout``, ``stderr``.
+        A failing command does not stop the ones after it.
+    """
+    namespace = user_namespace()
+    return [_run_one(request, namespace) for request in requests]
+
+
+#: Name under which a server's own ID is visible to its commands.
+SERVER_ID_NAME = "casa_server_id"
+
+
+def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) -> None:
+    """Tell an engine who it is and where to write, before any command runs.
+
+    Sets the environment (CASA site config, per-server CASA log file,
+    thread count) unless the user already set a variable, and defines
+    ``casa_server_id`` in the interactive namespace.
+    """
+    for name, value in environment.items():
+        os.environ.setdefault(name, value)
+    os.environ["CASA_MAGICS_SERVER_ID"] = str(server_id)
+    os.environ["CASA_MAGICS_RUN_DIR"] = run_dir
+    user_namespace()[SERVER_ID_NAME] = server_id

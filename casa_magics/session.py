@@ -1,0 +1,366 @@
+"""Starting, connecting to and stopping the ipyparallel cluster behind the servers.
+
+A :class:`ClusterSession` is one client connection to one cluster. It either
+started that cluster itself (an *embedded* cluster: a controller on loopback
+and N engines launched by ``mpiexec``), and then stops it again, or it
+connected to a running one (``ipcluster start --engines=MPI``), and then
+leaves it running.
+
+The process-wide session used by :class:`~casa_magics.MPICommandClient` and
+the magics is reached through :func:`current_session`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import ipyparallel as ipp
+
+from . import casa_env
+from .config import Settings, load_settings
+from .errors import ClusterError
+from .server_map import ServerMap
+from .server_side import engine_identity, prepare_engine
+
+__all__ = [
+    "ClusterSession",
+    "current_session",
+    "set_current_session",
+    "has_current_session",
+    "visible_clusters",
+]
+
+log = logging.getLogger("casa_magics")
+
+_OUTPUT_TAIL = 40  # lines of engine output quoted in a start-up error
+
+
+def _tail(text: str, lines: int = _OUTPUT_TAIL) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def visible_clusters() -> list[str]:
+    """Describe the clusters ipyparallel can see, one string each.
+
+    Used in connection errors, so a user sees what they could connect to.
+    """
+    try:
+        clusters = ipp.ClusterManager().load_clusters(init_default_clusters=False)
+    except Exception as error:  # listing is best effort: say why it failed
+        return [f"(could not list clusters: {error})"]
+    found = []
+    for key, cluster in sorted(clusters.items()):
+        n = sum(getattr(es, "n", 0) or 0 for es in cluster.engines.values())
+        found.append(f"{key} (profile {Path(cluster.profile_dir).name}, cluster_id {cluster.cluster_id!r}, {n} engines)")
+    return found
+
+
+def _mpi_usable(mpiexec: str) -> str | None:
+    """Return why MPI cannot be used here, or None if it can."""
+    if shutil.which(mpiexec) is None:
+        return f"{mpiexec!r} was not found on PATH"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError as error:
+        return f"mpi4py cannot be imported ({error})"
+    return None
+
+
+def _launcher_flavour_args(mpiexec: str) -> list[str]:
+    """Arguments that keep the other servers alive when one dies.
+
+    MPICH's hydra kills a whole job when one process dies; casampi's servers
+    survive each other, and so must ours.
+    """
+    path = shutil.which(mpiexec) or mpiexec
+    resolved = os.path.realpath(path)
+    if "hydra" in resolved or Path(path).with_name("hydra_pmi_proxy").exists():
+        return ["-disable-auto-cleanup"]
+    return []
+
+
+class ClusterSession:
+    """A client connection to a cluster of servers.
+
+    Create one with :meth:`start` or :meth:`connect`; both wait until every
+    engine has registered and read the server map from the engines.
+
+    Attributes
+    ----------
+    client : ipyparallel.Client
+    servers : ServerMap
+    cluster : ipyparallel.Cluster or None
+        The cluster this session started, or None when it connected.
+    run_dir : pathlib.Path
+        Where servers write their logs (CASA's included).
+    """
+
+    def __init__(
+        self,
+        client: ipp.Client,
+        *,
+        cluster: ipp.Cluster | None,
+        run_dir: Path,
+        settings: Settings,
+        description: str,
+    ) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.run_dir = run_dir
+        self.settings = settings
+        self.description = description
+        self._stopped = False
+        self._lock = threading.Lock()
+        identities = client[:].apply_sync(engine_identity)
+        self.servers = ServerMap(dict(zip(client.ids, identities)))
+        self._prepare_servers()
+        atexit.register(self.stop)
+
+    # ------------------------------------------------------------------ start
+    @classmethod
+    def start(
+        cls,
+        n: int | None = None,
+        *,
+        mpiexec_args: list[str] | None = None,
+        hostfile: str | None = None,
+        timeout: float | None = None,
+        settings: Settings | None = None,
+    ) -> "ClusterSession":
+        """Start an embedded cluster: a controller on loopback and ``n`` MPI engines.
+
+        Parameters
+        ----------
+        n : int, optional
+            Number of servers (default ``CASA_MAGICS_ENGINES``, else one per
+            core, at least 2).
+        mpiexec_args : list of str, optional
+            Extra arguments for ``mpiexec``, as mpicasa users pass them.
+        hostfile : str, optional
+            A hostfile for ``mpiexec`` (passed as ``-f`` to MPICH's hydra,
+            ``--hostfile`` to others).
+        timeout : float, optional
+            Seconds to wait for all engines (default ``CASA_MAGICS_START_TIMEOUT``).
+        settings : Settings, optional
+            Defaults for all of the above (default: read the environment).
+
+        Raises
+        ------
+        ClusterError
+            If ``n`` is not positive, ``mpiexec`` fails, or the engines do not
+            all register in time; the message includes the engines' output.
+        """
+        settings = settings or load_settings()
+        n = settings.engines if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ClusterError(f"number of servers must be a positive integer, got {n!r}")
+        timeout = settings.start_timeout if timeout is None else timeout
+        hostfile = hostfile or settings.hostfile
+        extra_args = list(settings.mpiexec_args if mpiexec_args is None else mpiexec_args)
+
+        run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="casa-magics-"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        environment = casa_env.casa_environment(run_dir)
+
+        why_not = _mpi_usable(settings.mpiexec)
+        engine_kwargs: dict[str, Any] = {"environment": environment}
+        if why_not is None:
+            engines = "mpi"
+            mpi_args = _launcher_flavour_args(settings.mpiexec) + extra_args
+            if hostfile:
+                mpi_args += (["-f"] if _launcher_flavour_args(settings.mpiexec) else ["--hostfile"]) + [hostfile]
+            engine_kwargs.update(mpi_cmd=[shutil.which(settings.mpiexec)], mpi_args=mpi_args)
+        elif settings.allow_no_mpi and not (extra_args or hostfile):
+            warnings.warn(f"MPI is not available ({why_not}): starting plain local engines", RuntimeWarning, stacklevel=2)
+            engines = "local"
+        else:
+            raise ClusterError(f"cannot start MPI servers: {why_not}")
+
+        cluster = ipp.Cluster(
+            engines=engines,
+            n=n,
+            cluster_id=f"casa-magics-{uuid.uuid4().hex[:8]}",
+            profile_dir=str(run_dir / "ipython-profile"),
+            controller_ip="127.0.0.1",
+            load_profile=False,
+            log_level=logging.WARNING,
+            shutdown_atexit=True,
+        )
+        try:
+            client = cls._launch(cluster, n, timeout, engine_kwargs)
+        except BaseException:
+            cluster.stop_cluster_sync()
+            raise
+        what = f"embedded cluster of {n} {'MPI' if engines == 'mpi' else 'local'} servers"
+        return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
+
+    @staticmethod
+    def _launch(cluster: ipp.Cluster, n: int, timeout: float, engine_kwargs: dict[str, Any]) -> ipp.Client:
+        cluster.start_controller_sync()
+        engine_set_id = cluster.start_engines_sync(n, **engine_kwargs)
+        engine_set = cluster.engines[engine_set_id]
+        stopped: concurrent.futures.Future = concurrent.futures.Future()
+        engine_set.on_stop(lambda data: stopped.done() or stopped.set_result(data))
+        client = cluster.connect_client_sync()
+        registered = client.wait_for_engines(n, block=False, timeout=timeout, interactive=False)
+        done, _ = concurrent.futures.wait([registered, stopped], timeout=timeout + 5, return_when="FIRST_COMPLETED")
+        if registered in done and registered.exception() is None:
+            return client
+        client.close()
+        output = _tail(engine_set.get_output() or "(no output)")
+        if stopped in done:
+            reason = f"the engines exited during start-up ({stopped.result()})"
+        else:
+            reason = f"only {len(client.ids)} of {n} engines registered within {timeout:g} s"
+        command = " ".join(engine_set.args) if getattr(engine_set, "args", None) else "?"
+        raise ClusterError(f"cannot start servers: {reason}\ncommand: {command}\nengine output:\n{output}")
+
+    # ---------------------------------------------------------------- connect
+    @classmethod
+    def connect(
+        cls,
+        *,
+        profile: str | None = None,
+        cluster_id: str | None = None,
+        connection_file: str | None = None,
+        n: int | None = None,
+        timeout: float | None = None,
+        settings: Settings | None = None,
+    ) -> "ClusterSession":
+        """Connect to a running cluster, e.g. one from ``ipcluster start --engines=MPI``.
+
+        Parameters
+        ----------
+        profile, cluster_id : str, optional
+            The IPython profile and cluster ID given to ``ipcluster``.
+        connection_file : str, optional
+            Path of ``ipcontroller-client.json``; wins over profile/cluster_id.
+        n : int, optional
+            Wait until this many engines have registered (default: those
+            registered now, at least one).
+        timeout : float, optional
+            Seconds to wait (default ``CASA_MAGICS_START_TIMEOUT``).
+
+        Raises
+        ------
+        ClusterError
+            If the cluster cannot be reached; the message lists the clusters
+            that are visible.
+        """
+        settings = settings or load_settings()
+        timeout = settings.start_timeout if timeout is None else timeout
+        profile = profile or settings.profile
+        cluster_id = settings.cluster_id if cluster_id is None else cluster_id
+        connection_file = connection_file or settings.connection_file
+        target = connection_file or f"profile {profile or 'default'!r}, cluster_id {cluster_id or ''!r}"
+        try:
+            if connection_file:
+                client = ipp.Client(url_file=connection_file, timeout=timeout)
+            else:
+                client = ipp.Client(profile=profile or "default", cluster_id=cluster_id or "", timeout=timeout)
+            client.wait_for_engines(n or 1, timeout=timeout, interactive=False)
+        except Exception as error:
+            visible = visible_clusters()
+            listing = "; ".join(visible) if visible else "none"
+            raise ClusterError(f"cannot connect to cluster ({target}): {error}. Visible clusters: {listing}") from None
+        run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="casa-magics-"))
+        return cls(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
+
+    # ------------------------------------------------------------------ state
+    def _prepare_servers(self) -> None:
+        """Give every engine its server ID, run directory and CASA set-up."""
+        environment = casa_env.casa_environment(self.run_dir)
+        pending = [
+            self.client[info.engine].apply_async(prepare_engine, info.server, str(self.run_dir), environment)
+            for info in self.servers
+        ]
+        for result in pending:
+            result.get(timeout=self.settings.start_timeout)
+
+    @property
+    def owns_cluster(self) -> bool:
+        """True when this session started the cluster (and will stop it)."""
+        return self.cluster is not None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        """Close the client; stop the cluster only if this session started it.
+
+        Safe to call more than once, and called at interpreter exit.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        try:
+            self.client.close()
+        except Exception as error:  # closing is best effort; stopping is what matters
+            log.debug("closing client: %s", error)
+        if self.cluster is not None:
+            self.cluster.stop_cluster_sync()
+            self._reap_engines()
+
+    def _reap_engines(self, grace: float = 5.0) -> None:
+        """Make sure no engine process outlives an embedded cluster."""
+        import psutil
+
+        local = [info.pid for info in self.servers if info.host == os.uname().nodename]
+        procs = []
+        for pid in local:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        for proc in alive:
+            proc.kill()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<ClusterSession {self.description}, {len(self.servers)} servers, {state}>"
+
+
+_current: ClusterSession | None = None
+_current_lock = threading.RLock()
+
+
+def has_current_session() -> bool:
+    """True when a live session exists (none is started by asking)."""
+    return _current is not None and not _current.stopped
+
+
+def current_session() -> ClusterSession:
+    """The process-wide session, started or connected on first use.
+
+    It connects when ``CASA_MAGICS_PROFILE``, ``CASA_MAGICS_CLUSTER_ID`` or
+    ``CASA_MAGICS_CONNECTION_FILE`` is set, and otherwise starts an embedded
+    cluster.
+    """
+    global _current
+    with _current_lock:
+        if _current is None or _current.stopped:
+            settings = load_settings()
+            _current = ClusterSession.connect(settings=settings) if settings.wants_connection else ClusterSession.start(settings=settings)
+        return _current
+
+
+def set_current_session(session: ClusterSession | None) -> None:
+    """Make ``session`` the process-wide one (None forgets the current one)."""
+    global _current
+    with _current_lock:
+        _current = session
