@@ -13,7 +13,7 @@ In IPython or Jupyter: ``%load_ext casa_magics``.
 
 from __future__ import annotations
 
-from .client import MPICommandClient
+from .client import CommandClient, MPICommandClient
 from .environment import MPIEnvironment
 from .errors import ClusterError, CommandRequestError
 from .mpi4casa_alias import install_mpi4casa_alias
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MPICommandClient",
+    "CommandClient",
     "MPIEnvironment",
     "CommandRequestError",
     "ClusterError",

@@ -1,4 +1,279 @@
-"""Temporary stand-in; replaced by the CASA set-up module."""
+"""Offline CASA set-up for the engines: site config, environment, log file.
+
+CASA (``casatools``/``casatasks``) reads its configuration through
+``casaconfig`` once, when ``casaconfig.config`` is first imported: first the
+site config file named by ``CASASITECONFIG`` (an absolute path of a Python
+file), then the user's ``~/.casa/config.py``, which wins. The site config
+written here points ``measurespath`` at the ``casadata`` package, switches
+off every automatic download and puts the CASA log into the run directory,
+never into the current directory.
+
+The log file name comes from the environment variable
+``CASA_MAGICS_CASA_LOGFILE`` when CASA is imported. Its value may contain
+``{server}`` (the value of ``CASA_MAGICS_SERVER_ID``), ``{rank}`` (the MPI
+rank) and ``{pid}``. When CASA is already imported,
+:func:`configure_casa_logfile` moves the log to a new file instead.
+
+Nothing here imports ``casatools``, so this module imports fine without the
+``casa`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
 import os
-def casa_environment(run_dir):
-    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "LOGFILE_ENV",
+    "SITE_CONFIG_NAME",
+    "MISSING_CASA_MESSAGE",
+    "casa_available",
+    "require_casa",
+    "casadata_path",
+    "site_config_text",
+    "write_site_config",
+    "casa_environment",
+    "expand_logfile",
+    "configure_casa_logfile",
+]
+
+#: Environment variable holding the CASA log file name (template) of an engine.
+LOGFILE_ENV = "CASA_MAGICS_CASA_LOGFILE"
+
+#: File name of the site config written into the run directory.
+SITE_CONFIG_NAME = "casasiteconfig.py"
+
+#: Message of the ImportError raised by :func:`require_casa`.
+MISSING_CASA_MESSAGE = 'casatools is not installed: run "pip install casa_magics[casa]" (or "make install")'
+
+#: Log file template used when none is given: one file per server.
+_DEFAULT_LOG_TEMPLATE = "casa-server-{server}.log"
+
+#: Environment variables that hold the MPI rank, by launcher.
+_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
+
+# The site config is executed by casaconfig, not imported, and must work
+# without casa_magics, so it carries its own copy of expand_logfile().
+_SITE_CONFIG_TEMPLATE = '''\
+# CASA site config written by casa_magics.casa_env: offline CASA using the
+# casadata package; no automatic data or measures updates; the log goes to
+# the file named by ${logfile_env} (or into the run directory).
+# casaconfig executes this file, then ~/.casa/config.py, which wins.
+import os as _os
+
+{measures}
+measures_auto_update = False
+data_auto_update = False
+log2term = False
+nologfile = False
+
+
+def _casa_magics_logfile():
+    template = _os.environ.get({logfile_env!r}) or {fallback!r}
+    rank = next((_os.environ[v] for v in {rank_vars!r} if v in _os.environ), "0")
+    server = _os.environ.get("CASA_MAGICS_SERVER_ID") or "pid%d" % _os.getpid()
+    return (template.replace("{{server}}", server).replace("{{rank}}", rank)
+            .replace("{{pid}}", str(_os.getpid())))
+
+
+logfile = _casa_magics_logfile()
+'''
+
+_extra_sink: Any = None  # keeps a logsink alive when casatasks is not imported
+
+
+def casa_available() -> bool:
+    """Tell whether the ``casa`` extra is installed, without importing it.
+
+    Returns
+    -------
+    bool
+        True when both ``casatools`` and ``casatasks`` can be imported.
+    """
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("casatools", "casatasks"))
+    except (ImportError, ValueError):
+        return False
+
+
+def require_casa() -> None:
+    """Raise a one-line ImportError when the ``casa`` extra is missing.
+
+    Raises
+    ------
+    ImportError
+        With :data:`MISSING_CASA_MESSAGE` when ``casatools`` or
+        ``casatasks`` is not installed.
+    """
+    if not casa_available():
+        raise ImportError(MISSING_CASA_MESSAGE)
+
+
+def casadata_path() -> str | None:
+    """Return the data directory of the ``casadata`` package.
+
+    Returns
+    -------
+    str or None
+        ``casadata.datapath`` (it holds ``geodetic/IERSeop2000`` and the
+        demo data), or None when ``casadata`` is not installed.
+    """
+    try:
+        import casadata  # small: defines datapath only, no CASA libraries
+    except ImportError:
+        return None
+    return str(casadata.datapath)
+
+
+def site_config_text(run_dir: str | os.PathLike[str], measurespath: str | None = None) -> str:
+    """Return the text of the CASA site config for a run directory.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Directory for log files when ``CASA_MAGICS_CASA_LOGFILE`` is unset.
+    measurespath : str, optional
+        CASA data directory; default :func:`casadata_path`. When neither is
+        known, ``measurespath`` is left at the CASA default, still without
+        downloads.
+
+    Returns
+    -------
+    str
+        Python source for ``CASASITECONFIG``.
+    """
+    measurespath = measurespath or casadata_path()
+    if measurespath:
+        measures = f"measurespath = {measurespath!r}\ndatapath = [measurespath]"
+    else:
+        measures = "# casadata is not installed: measurespath keeps the CASA default"
+    fallback = str(Path(run_dir).resolve() / _DEFAULT_LOG_TEMPLATE)
+    return _SITE_CONFIG_TEMPLATE.format(
+        measures=measures, logfile_env=LOGFILE_ENV, fallback=fallback, rank_vars=_RANK_VARIABLES
+    )
+
+
+def write_site_config(run_dir: str | os.PathLike[str]) -> Path:
+    """Write the site config into the run directory, unless the user has one.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Directory to write ``casasiteconfig.py`` into; created if missing.
+
+    Returns
+    -------
+    pathlib.Path
+        The user's own ``CASASITECONFIG`` when that variable is set (nothing
+        is written then), otherwise the absolute path of the written file.
+    """
+    user_config = os.environ.get("CASASITECONFIG")
+    if user_config:
+        return Path(user_config)
+    directory = Path(run_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SITE_CONFIG_NAME
+    path.write_text(site_config_text(directory))
+    return path
+
+
+def casa_environment(run_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Return the environment variables an engine needs before it imports CASA.
+
+    Writes the site config (see :func:`write_site_config`). A variable the
+    user already set keeps the user's value.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        The cluster's run directory.
+
+    Returns
+    -------
+    dict of str to str
+        ``CASASITECONFIG`` (absolute path), ``OMP_NUM_THREADS`` (``"1"``),
+        ``MPLBACKEND`` (``"Agg"``) and ``CASA_MAGICS_CASA_LOGFILE``
+        (``<run_dir>/casa-server-{server}.log``; ``{server}`` is replaced by
+        ``CASA_MAGICS_SERVER_ID`` when CASA is imported).
+    """
+    directory = Path(run_dir).resolve()
+    defaults = {
+        "CASASITECONFIG": str(write_site_config(directory)),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        LOGFILE_ENV: str(directory / _DEFAULT_LOG_TEMPLATE),
+    }
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
+def expand_logfile(template: str, environ: Mapping[str, str] | None = None) -> str:
+    """Fill ``{server}``, ``{rank}`` and ``{pid}`` in a log file template.
+
+    Same rules as the site config: ``{server}`` is ``CASA_MAGICS_SERVER_ID``
+    (or ``pid<pid>`` when unset), ``{rank}`` the MPI rank (or ``0``).
+
+    Parameters
+    ----------
+    template : str
+        File name, possibly with placeholders.
+    environ : mapping, optional
+        Environment to read; default ``os.environ``.
+
+    Returns
+    -------
+    str
+        The file name with placeholders replaced.
+    """
+    environ = os.environ if environ is None else environ
+    rank = next((environ[v] for v in _RANK_VARIABLES if v in environ), "0")
+    server = environ.get("CASA_MAGICS_SERVER_ID") or f"pid{os.getpid()}"
+    return template.replace("{server}", server).replace("{rank}", rank).replace("{pid}", str(os.getpid()))
+
+
+def configure_casa_logfile(path: str | os.PathLike[str]) -> Path:
+    """Send this process's CASA log to ``path``.
+
+    Before CASA is imported this only sets ``CASA_MAGICS_CASA_LOGFILE``, and
+    the site config picks it up at import. After the import the global CASA
+    log sink is switched to ``path``; a log file that the site config chose
+    earlier is copied to the start of the new file and removed, so each
+    server has one log. (Messages sent through ``logsink`` objects made
+    before the switch, such as ``casatools.logger``, still go to the old
+    name.) A log file named in the user's own config is left alone.
+
+    Parameters
+    ----------
+    path : str or path-like
+        New log file; its directory is created if missing.
+
+    Returns
+    -------
+    pathlib.Path
+        The absolute path of the log file.
+    """
+    global _extra_sink
+    new = Path(path).resolve()
+    new.parent.mkdir(parents=True, exist_ok=True)
+    previous_template = os.environ.get(LOGFILE_ENV)
+    os.environ[LOGFILE_ENV] = str(new)
+    config = sys.modules.get("casaconfig.config")
+    if config is None:  # CASA not configured yet: the site config reads the variable
+        return new
+    old = getattr(config, "logfile", None)
+    config.logfile = str(new)  # a later "import casatasks" opens its casalog here
+    if old and Path(old) != new and previous_template and Path(expand_logfile(previous_template)) == Path(old):
+        old_path = Path(old)
+        if old_path.is_file() and not new.exists():
+            new.write_bytes(old_path.read_bytes())
+            old_path.unlink()
+    casatasks = sys.modules.get("casatasks")
+    if casatasks is not None:
+        casatasks.casalog.setlogfile(str(new))
+        casatasks.casalog.setglobal(True)
+    elif "casatools" in sys.modules:
+        _extra_sink = sys.modules["casatools"].logsink(str(new))
+        _extra_sink.setglobal(True)
+    return new

@@ -13,11 +13,10 @@ from typing import Any
 
 from . import session as _session
 from .commands import check_parameters, compile_command, short
-from .config import load_settings
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
 
-__all__ = ["MPICommandClient", "LOG_MODES"]
+__all__ = ["CommandClient", "MPICommandClient", "LOG_MODES"]
 
 log = logging.getLogger("casa_magics")
 
@@ -25,35 +24,26 @@ log = logging.getLogger("casa_magics")
 LOG_MODES = ("unified", "redirect", "separated", "console")
 
 
-class MPICommandClient:
+class CommandClient:
     """Send Python/CASA commands to servers and collect their responses.
 
-    A singleton, as in casampi: every ``MPICommandClient()`` in a process is
-    the same object. Creating it starts nothing; the cluster comes up when
-    it is first needed (``start_services()``, the first push, or
-    ``MPIEnvironment.mpi_server_rank_list()``).
+    The casampi client without the singleton: use it to drive a particular
+    :class:`ClusterSession` (for example a second cluster next to the one
+    :class:`MPICommandClient` uses). Same methods as :class:`MPICommandClient`.
 
-    Examples
-    --------
-    >>> client = MPICommandClient()                        # doctest: +SKIP
-    >>> client.start_services()                            # doctest: +SKIP
-    >>> client.push_command_request("1 + 1", block=True)   # doctest: +SKIP
-    [{'id': 1, 'server': 1, 'successful': True, 'ret': 2, ...}]
+    Parameters
+    ----------
+    session : ClusterSession, optional
+        The cluster to use. Default: the process-wide session, started or
+        connected when first needed.
     """
 
-    _instance: "MPICommandClient | None" = None
-    _instance_lock = threading.Lock()
-
-    def __new__(cls) -> "MPICommandClient":
-        with cls._instance_lock:
-            if cls._instance is None:
-                instance = super().__new__(cls)
-                instance._dispatcher = None
-                instance._lock = threading.RLock()
-                instance._log_mode = "unified"
-                instance._log_level = "INFO"
-                cls._instance = instance
-            return cls._instance
+    def __init__(self, session: "_session.ClusterSession | None" = None) -> None:
+        self._given_session = session
+        self._dispatcher: Dispatcher | None = None
+        self._lock = threading.RLock()
+        self._log_mode = "unified"
+        self._log_level = "INFO"
 
     # ---------------------------------------------------------------- set-up
     def set_log_mode(self, mode: str) -> None:
@@ -83,8 +73,8 @@ class MPICommandClient:
     def _services(self) -> Dispatcher:
         with self._lock:
             if self._dispatcher is None:
-                session = _session.current_session()
-                self._dispatcher = Dispatcher(session, load_settings().server_timeout)
+                session = self._given_session or _session.current_session()
+                self._dispatcher = Dispatcher(session, session.settings.server_timeout)
             return self._dispatcher
 
     @property
@@ -108,9 +98,11 @@ class MPICommandClient:
         cut = dispatcher.close() if dispatcher is not None else []
         if cut:
             log.warning("stop_services cut short requests %s", cut)
-        if _session.has_current_session():
+        if self._given_session is not None:
+            self._given_session.stop()
+        elif _session.has_current_session():
             _session.current_session().stop()
-        _session.set_current_session(None)
+            _session.set_current_session(None)
         return cut
 
     # ---------------------------------------------------------------- pushing
@@ -235,4 +227,35 @@ class MPICommandClient:
 
     def __repr__(self) -> str:
         state = "running" if self._dispatcher is not None else "not started"
-        return f"<MPICommandClient {state}>"
+        return f"<{type(self).__name__} {state}>"
+
+
+class MPICommandClient(CommandClient):
+    """casampi's client: send commands to servers, collect response dicts.
+
+    A singleton, as in casampi: every ``MPICommandClient()`` in a process is
+    the same object, on the process-wide cluster session. Creating it starts
+    nothing; the cluster comes up when first needed (``start_services()``,
+    the first push, or ``MPIEnvironment.mpi_server_rank_list()``).
+
+    Examples
+    --------
+    >>> client = MPICommandClient()                        # doctest: +SKIP
+    >>> client.start_services()                            # doctest: +SKIP
+    >>> client.push_command_request("1 + 1", block=True)   # doctest: +SKIP
+    [{'id': 1, 'server': 1, 'successful': True, 'ret': 2, ...}]
+    """
+
+    _instance: "MPICommandClient | None" = None
+    _instance_lock = threading.Lock()
+
+    def __new__(cls) -> "MPICommandClient":
+        with cls._instance_lock:
+            if cls._instance is None:
+                instance = super().__new__(cls)
+                CommandClient.__init__(instance)
+                cls._instance = instance
+            return cls._instance
+
+    def __init__(self) -> None:
+        """State is set once, in ``__new__``; later instantiations change nothing."""

@@ -136,6 +136,7 @@ class ClusterSession:
         mpiexec_args: list[str] | None = None,
         hostfile: str | None = None,
         timeout: float | None = None,
+        engine_command: list[str] | None = None,
         settings: Settings | None = None,
     ) -> "ClusterSession":
         """Start an embedded cluster: a controller on loopback and ``n`` MPI engines.
@@ -152,6 +153,9 @@ class ClusterSession:
             ``--hostfile`` to others).
         timeout : float, optional
             Seconds to wait for all engines (default ``CASA_MAGICS_START_TIMEOUT``).
+        engine_command : list of str, optional
+            The program ``mpiexec`` runs for each engine (default: this
+            Python running ``ipyparallel.engine``), e.g. to wrap engines.
         settings : Settings, optional
             Defaults for all of the above (default: read the environment).
 
@@ -175,6 +179,8 @@ class ClusterSession:
 
         why_not = _mpi_usable(settings.mpiexec)
         engine_kwargs: dict[str, Any] = {"environment": environment}
+        if engine_command:
+            engine_kwargs["engine_cmd"] = list(engine_command)
         if why_not is None:
             engines = "mpi"
             mpi_args = _launcher_flavour_args(settings.mpiexec) + extra_args
