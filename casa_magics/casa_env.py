@@ -24,7 +24,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 __all__ = [
     "LOGFILE_ENV",
@@ -81,9 +81,6 @@ def _casa_magics_logfile():
 
 logfile = _casa_magics_logfile()
 '''
-
-_extra_sink: Any = None  # keeps a logsink alive when casatasks is not imported
-
 
 def casa_available() -> bool:
     """Tell whether the ``casa`` extra is installed, without importing it.
@@ -254,7 +251,6 @@ def configure_casa_logfile(path: str | os.PathLike[str]) -> Path:
     pathlib.Path
         The absolute path of the log file.
     """
-    global _extra_sink
     new = Path(path).resolve()
     new.parent.mkdir(parents=True, exist_ok=True)
     previous_template = os.environ.get(LOGFILE_ENV)
@@ -263,17 +259,19 @@ def configure_casa_logfile(path: str | os.PathLike[str]) -> Path:
     if config is None:  # CASA not configured yet: the site config reads the variable
         return new
     old = getattr(config, "logfile", None)
-    config.logfile = str(new)  # a later "import casatasks" opens its casalog here
-    if old and Path(old) != new and previous_template and Path(expand_logfile(previous_template)) == Path(old):
-        old_path = Path(old)
-        if old_path.is_file() and not new.exists():
-            new.write_bytes(old_path.read_bytes())
-            old_path.unlink()
-    casatasks = sys.modules.get("casatasks")
-    if casatasks is not None:
-        casatasks.casalog.setlogfile(str(new))
-        casatasks.casalog.setglobal(True)
-    elif "casatools" in sys.modules:
-        _extra_sink = sys.modules["casatools"].logsink(str(new))
-        _extra_sink.setglobal(True)
+    config.logfile = str(new)  # read by a later "import casatools" / "import casatasks"
+    if "casatools" not in sys.modules:
+        return new
+    # Only casatasks.casalog can be moved: a logsink(name) made after the
+    # first one keeps writing to the first file. Importing casatasks posts
+    # its start-up lines to the old file, so import it before copying that.
+    import casatasks
+
+    ours = bool(previous_template) and Path(expand_logfile(previous_template)) == Path(old or "")
+    old_path = Path(old) if old else None
+    if ours and old_path is not None and old_path != new and old_path.is_file() and not new.exists():
+        new.write_bytes(old_path.read_bytes())
+        old_path.unlink()
+    casatasks.casalog.setlogfile(str(new))
+    casatasks.casalog.setglobal(True)
     return new

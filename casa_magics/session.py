@@ -90,6 +90,14 @@ def _launcher_flavour_args(mpiexec: str) -> list[str]:
     return []
 
 
+def _profile_connection_file(profile: str, cluster_id: str) -> Path:
+    """Where ``ipcluster start --profile P --cluster-id C`` writes the client's connection file."""
+    from IPython.paths import get_ipython_dir
+
+    name = f"ipcontroller-{cluster_id}-client.json" if cluster_id else "ipcontroller-client.json"
+    return Path(get_ipython_dir()) / f"profile_{profile}" / "security" / name
+
+
 class ClusterSession:
     """A client connection to a cluster of servers.
 
@@ -217,7 +225,17 @@ class ClusterSession:
         engine_set_id = cluster.start_engines_sync(n, **engine_kwargs)
         engine_set = cluster.engines[engine_set_id]
         stopped: concurrent.futures.Future = concurrent.futures.Future()
-        engine_set.on_stop(lambda data: stopped.done() or stopped.set_result(data))
+
+        def watch_launcher() -> None:
+            try:
+                code = engine_set.process.wait()
+            except Exception as error:  # the process may already be reaped by ipyparallel
+                code = error
+            if not stopped.done():
+                stopped.set_result(code)
+
+        if getattr(engine_set, "process", None) is not None:  # one mpiexec (local engine sets have none)
+            threading.Thread(target=watch_launcher, name="casa-magics-launch-watch", daemon=True).start()
         client = cluster.connect_client_sync()
         registered = client.wait_for_engines(n, block=False, timeout=timeout, interactive=False)
         done, _ = concurrent.futures.wait([registered, stopped], timeout=timeout + 5, return_when="FIRST_COMPLETED")
@@ -226,7 +244,7 @@ class ClusterSession:
         client.close()
         output = _tail(engine_set.get_output() or "(no output)")
         if stopped in done:
-            reason = f"the engines exited during start-up ({stopped.result()})"
+            reason = f"the engines exited during start-up (mpiexec exit status {stopped.result()})"
         else:
             reason = f"only {len(client.ids)} of {n} engines registered within {timeout:g} s"
         command = " ".join(engine_set.args) if getattr(engine_set, "args", None) else "?"
@@ -269,17 +287,21 @@ class ClusterSession:
         profile = profile or settings.profile
         cluster_id = settings.cluster_id if cluster_id is None else cluster_id
         connection_file = connection_file or settings.connection_file
-        target = connection_file or f"profile {profile or 'default'!r}, cluster_id {cluster_id or ''!r}"
+        if not connection_file:
+            connection_file = str(_profile_connection_file(profile or "default", cluster_id or ""))
+            target = f"profile {profile or 'default'!r}, cluster_id {cluster_id or ''!r}"
+        else:
+            target = connection_file
         try:
-            if connection_file:
-                client = ipp.Client(url_file=connection_file, timeout=timeout)
-            else:
-                client = ipp.Client(profile=profile or "default", cluster_id=cluster_id or "", timeout=timeout)
+            if not Path(connection_file).exists():
+                raise FileNotFoundError(f"no connection file {connection_file}")
+            client = ipp.Client(connection_file, timeout=timeout)
             client.wait_for_engines(n or 1, timeout=timeout, interactive=False)
         except Exception as error:
             visible = visible_clusters()
             listing = "; ".join(visible) if visible else "none"
-            raise ClusterError(f"cannot connect to cluster ({target}): {error}. Visible clusters: {listing}") from None
+            why = " ".join(str(error).split())  # one line
+            raise ClusterError(f"cannot connect to cluster ({target}): {why}. Visible clusters: {listing}") from None
         run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="casa-magics-"))
         return cls(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
 

@@ -60,17 +60,17 @@ def client(session) -> MPICommandClient:
 @pytest.fixture
 def own_cluster(tmp_path):
     """A fresh cluster of three MPI servers for one test that may break it."""
-    sessions = []
+    clients = []
 
     def start(n: int = 3, engine_command=None, **settings) -> CommandClient:
         os.environ["CASA_MAGICS_RUN_DIR"] = str(tmp_path)
         chosen = dataclasses.replace(load_settings(), **settings)
         cluster = ClusterSession.start(n=n, timeout=WAIT, engine_command=engine_command, settings=chosen)
-        sessions.append(cluster)
         command_client = CommandClient(cluster)
+        clients.append(command_client)
         command_client.start_services()
         return command_client
 
     yield start
-    for cluster in sessions:
-        cluster.stop()
+    for command_client in clients:
+        command_client.stop_services()

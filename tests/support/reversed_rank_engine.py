@@ -1,17 +1,18 @@
-"""An ipyparallel engine that registers late in proportion to its MPI rank's
-distance from the last rank, so engine IDs come out in reverse rank order.
+"""An ipyparallel engine that asks for engine ID ``size - 1 - rank``.
 
-Used as ``MPIEngineSetLauncher.engine_cmd`` to prove that server IDs follow
-MPI ranks, not registration order.
+ipyparallel's MPI engines request their rank as engine ID, but the
+controller may hand out another one (the ID is taken, engines from several
+``mpiexec`` runs, a restarted engine). This wrapper makes the mismatch
+certain, to prove that server IDs follow MPI ranks and not engine IDs. Used
+as ``MPIEngineSetLauncher.engine_cmd``.
 """
 
 import os
 import sys
-import time
 
 rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
 size = int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
-time.sleep((size - 1 - rank) * 1.5)
+sys.argv.append(f"--IPEngine.id={size - 1 - rank}")
 
 from ipyparallel.engine.app import main  # noqa: E402
 

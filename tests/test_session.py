@@ -1,0 +1,157 @@
+"""Starting, connecting to and stopping clusters: the cluster session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from casa_magics import ClusterError, ClusterSession, CommandClient
+from casa_magics.config import load_settings
+
+from .conftest import WAIT
+
+pytestmark = pytest.mark.needs_mpi
+
+
+def settings(**changes):
+    return dataclasses.replace(load_settings(), **changes)
+
+
+def processes_of(session: ClusterSession) -> list[psutil.Process]:
+    """Engine, controller and mpiexec processes of an embedded cluster."""
+    pids = [info.pid for info in session.servers]
+    pids.append(session.cluster.controller.process.pid)
+    pids += [engine_set.process.pid for engine_set in session.cluster.engines.values()]
+    return [psutil.Process(pid) for pid in pids]
+
+
+def test_bad_server_count_is_refused():
+    with pytest.raises(ClusterError, match=r"^number of servers must be a positive integer, got 0$"):
+        ClusterSession.start(n=0)
+
+
+def test_missing_mpiexec_says_so():
+    with pytest.raises(ClusterError, match=r"^cannot start MPI servers: '/nonexistent/mpiexec' was not found on PATH$"):
+        ClusterSession.start(n=2, settings=settings(mpiexec="/nonexistent/mpiexec", allow_no_mpi=False))
+
+
+def test_mpiexec_error_is_shown_with_its_output(tmp_path):
+    with pytest.raises(ClusterError) as raised:
+        ClusterSession.start(n=2, mpiexec_args=["-bogus-option"], settings=settings(run_dir=str(tmp_path)), timeout=WAIT)
+    message = str(raised.value)
+    assert message.startswith("cannot start servers: the engines exited during start-up")
+    assert "unrecognized argument bogus-option" in message
+    assert "-bogus-option" in message.splitlines()[1]  # the command line
+
+
+def test_engines_that_never_register_time_out_with_their_output(tmp_path):
+    silent = [sys.executable, "-c", "print('engine stand-in, never registers', flush=True); import time; time.sleep(120)"]
+    with pytest.raises(ClusterError) as raised:
+        ClusterSession.start(n=2, timeout=3, engine_command=silent, settings=settings(run_dir=str(tmp_path)))
+    message = str(raised.value)
+    assert message.startswith("cannot start servers: only 0 of 2 engines registered within 3 s")
+    assert "engine stand-in, never registers" in message
+
+
+def test_without_mpi_plain_engines_start_with_a_warning(tmp_path):
+    with pytest.warns(RuntimeWarning) as warned:
+        session = ClusterSession.start(
+            n=2, timeout=WAIT, settings=settings(mpiexec="/nonexistent/mpiexec", allow_no_mpi=True, run_dir=str(tmp_path))
+        )
+    try:
+        messages = [str(w.message) for w in warned]
+        assert "MPI is not available ('/nonexistent/mpiexec' was not found on PATH): starting plain local engines" in messages
+        assert any(m.startswith("engines are not MPI processes") for m in messages)
+        assert session.servers.server_ids == [1, 2]
+        assert CommandClient(session).push_command_request("casa_server_id", block=True, target_server=2)[0]["ret"] == 2
+    finally:
+        session.stop()
+
+
+def test_stop_leaves_no_process_behind(tmp_path):
+    session = ClusterSession.start(n=2, timeout=WAIT, settings=settings(run_dir=str(tmp_path)))
+    processes = processes_of(session)
+    assert all(p.is_running() for p in processes)
+    session.stop()
+    gone, alive = psutil.wait_procs(processes, timeout=10)
+    assert alive == []
+    session.stop()  # a second stop is harmless
+
+
+def test_hostfile_and_extra_arguments_reach_mpiexec(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost:4\n")
+    session = ClusterSession.start(
+        n=2, hostfile=str(hostfile), mpiexec_args=["-verbose"], timeout=WAIT, settings=settings(run_dir=str(tmp_path))
+    )
+    try:
+        (engine_set,) = session.cluster.engines.values()
+        args = list(engine_set.args)
+        assert args[0].endswith("mpiexec")
+        assert ["-f", str(hostfile)] == args[args.index("-f") : args.index("-f") + 2]
+        assert "-verbose" in args
+        assert session.servers.server_ids == [1, 2]
+    finally:
+        session.stop()
+
+
+# ---------------------------------------------------------------- connect
+@pytest.fixture(scope="module")
+def ipcluster(tmp_path_factory):
+    """A cluster started separately, as a user would: ipcluster start --engines=MPI."""
+    ipython_dir = tmp_path_factory.mktemp("ipython")
+    env = dict(os.environ, IPYTHONDIR=str(ipython_dir))
+    command = [sys.executable, "-m", "ipyparallel.cluster", "start", "--engines=MPI", "-n", "2", "--cluster-id=cmtest", "--ip=127.0.0.1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client_file = ipython_dir / "profile_default" / "security" / "ipcontroller-cmtest-client.json"
+    deadline = time.time() + WAIT
+    while not client_file.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert client_file.exists(), process.stdout.read().decode() if process.poll() is not None else "no connection file"
+    yield ipython_dir, client_file
+    subprocess.run([sys.executable, "-m", "ipyparallel.cluster", "stop", "--cluster-id=cmtest"], env=env, timeout=WAIT)
+    process.wait(timeout=WAIT)
+
+
+def test_connect_by_profile_and_cluster_id(ipcluster, monkeypatch):
+    ipython_dir, _ = ipcluster
+    monkeypatch.setenv("IPYTHONDIR", str(ipython_dir))
+    session = ClusterSession.connect(profile="default", cluster_id="cmtest", n=2, timeout=WAIT)
+    assert not session.owns_cluster
+    client = CommandClient(session)
+    ranks = client.push_command_request("__import__('mpi4py.MPI').MPI.COMM_WORLD.Get_rank()", block=True, target_server=[1, 2])
+    assert [(r["server"], r["ret"]) for r in ranks] == [(1, 0), (2, 1)]
+    client.stop_services()
+    # Stopping a connected session leaves the cluster running.
+    again = ClusterSession.connect(profile="default", cluster_id="cmtest", n=2, timeout=WAIT)
+    assert again.servers.server_ids == [1, 2]
+    again.stop()
+
+
+def test_connect_by_connection_file(ipcluster):
+    _, client_file = ipcluster
+    session = ClusterSession.connect(connection_file=str(client_file), n=2, timeout=WAIT)
+    try:
+        assert json.loads(client_file.read_text())["location"]
+        assert CommandClient(session).push_command_request("6 * 7", block=True)[0]["ret"] == 42
+    finally:
+        session.stop()
+
+
+def test_connect_failure_lists_visible_clusters(ipcluster, monkeypatch):
+    ipython_dir, _ = ipcluster
+    monkeypatch.setenv("IPYTHONDIR", str(ipython_dir))
+    with pytest.raises(ClusterError) as raised:
+        ClusterSession.connect(profile="default", cluster_id="nosuch", timeout=2)
+    message = str(raised.value)
+    assert message.startswith("cannot connect to cluster (profile 'default', cluster_id 'nosuch')")
+    assert "Visible clusters: " in message and "cmtest" in message
+    assert "\n" not in message
