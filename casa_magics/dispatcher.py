@@ -231,6 +231,8 @@ class Dispatcher:
         except ipp_error.EngineError as error:
             lost = f"the engine is gone ({error})"
         except ipp_error.RemoteError as error:
+            if error.ename == "EngineError":  # ipyparallel wraps a dead engine's stranded messages
+                lost = f"its engine died ({error.evalue})"
             failure = error.render_traceback() if hasattr(error, "render_traceback") else str(error)
             failure = "\n".join(failure) if isinstance(failure, list) else failure
         except Exception as error:  # e.g. a result that could not be unpickled here
@@ -243,6 +245,7 @@ class Dispatcher:
                 pass
             server.head_since = time.time() if server.in_flight else None
             if lost is not None:
+                server.in_flight.appendleft(message)  # answered with the rest of the server's work
                 self._lose(server, lost)
                 return
             finished = []
@@ -290,6 +293,7 @@ class Dispatcher:
 
     def _lose(self, server: _Server, why: str) -> None:
         if server.lost is not None:
+            server.in_flight.clear()
             return
         server.lost = why
         log.warning("%s was lost: %s", server.describe(), why)

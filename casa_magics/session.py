@@ -194,7 +194,11 @@ class ClusterSession:
             mpi_args = _launcher_flavour_args(settings.mpiexec) + extra_args
             if hostfile:
                 mpi_args += (["-f"] if _launcher_flavour_args(settings.mpiexec) else ["--hostfile"]) + [hostfile]
-            engine_kwargs.update(mpi_cmd=[shutil.which(settings.mpiexec)], mpi_args=mpi_args)
+            # ipyparallel's per-engine "nanny" takes every MPI sibling down with a killed
+            # engine; without it the other servers live on, as casampi's do.
+            engine_kwargs.update(
+                mpi_cmd=[shutil.which(settings.mpiexec)], mpi_args=mpi_args, engine_args=["--IPEngine.enable_nanny=False"]
+            )
         elif settings.allow_no_mpi and not (extra_args or hostfile):
             warnings.warn(f"MPI is not available ({why_not}): starting plain local engines", RuntimeWarning, stacklevel=2)
             engines = "local"
