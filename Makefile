@@ -1,10 +1,12 @@
-# casa_magics developer commands.  `make demo` and `make test` are all a new
-# machine needs: both create .venv (with every extra) first if it is missing.
+# casa_magics developer commands. On a new machine `make demo` and `make test`
+# are all that is needed: both build .venv (with every extra) first if needed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The venv's bin comes first so that ipyparallel finds the mpich wheel's mpiexec.
+# The venv's bin comes first, so ipyparallel launches the mpich wheel's mpiexec.
 export PATH := $(abspath $(BIN)):$(PATH)
+
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
 .PHONY: install demo test bench soak clean
 
@@ -20,4 +22,13 @@ demo: install
 	$(BIN)/python -m casa_magics.demo
 
 test: install
-	$(BIN)/python -m pytest
+	$(PYTEST) tests
+
+bench: install
+	$(BIN)/python benchmarks/bench_dispatch.py
+
+soak: install
+	$(PYTEST) tests -m slow --run-slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info
