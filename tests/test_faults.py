@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -38,3 +39,82 @@ def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster):
     assert [r["ret"] for r in client.push_command_request("kept", block=True, target_server=[1, 3])] == ["state", "state"]
     untargeted = [client.push_command_request("casa_server_id")[0] for _ in range(6)]
     assert {r["server"] for r in client.get_command_response(untargeted, block=True, timeout=WAIT)} <= {1, 3}
+
+
+# ------------------------------------------------------------- Ctrl-C
+def interrupt_main_in(seconds: float) -> threading.Timer:
+    """Send this process a real SIGINT after ``seconds``, as Ctrl-C would."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_a_blocking_get_and_loses_nothing(client):
+    ids = client.push_command_request("__import__('time').sleep(2) or 'finished'", target_server=[1, 2])
+    interrupt_main_in(0.3)
+    with pytest.raises(KeyboardInterrupt):
+        client.get_command_response(ids, block=True, timeout=WAIT)
+    states = client.get_command_request_list()
+    assert [states[i]["status"] for i in ids] == ["request sent", "request sent"]
+    responses = client.get_command_response(ids, block=True, timeout=WAIT)
+    assert [r["ret"] for r in responses] == ["finished", "finished"], responses[0]["traceback"]
+
+
+def test_ctrl_c_during_a_blocking_push_loses_nothing(client):
+    before = max(client.get_command_request_list(), default=0)
+    interrupt_main_in(0.3)
+    with pytest.raises(KeyboardInterrupt):
+        client.push_command_request("__import__('time').sleep(1.5) or 'pushed'", block=True, target_server=1)
+    (request_id,) = [i for i in client.get_command_request_list() if i > before]
+    assert client.get_command_response(request_id, block=True, timeout=WAIT)[0]["ret"] == "pushed"
+
+
+# ------------------------------------------------------------- odd results
+@pytest.mark.parametrize(
+    "command, kind",
+    [("__import__('threading').Lock()", "lock"), ("open('/dev/null')", "TextIOWrapper")],
+)
+def test_value_that_cannot_be_sent_back_fails_cleanly(client, command, kind):
+    (response,) = client.push_command_request(command, block=True, target_server=1)
+    assert response["successful"] is False and response["ret"] is None
+    assert "cannot be sent back to the client" in response["traceback"]
+    assert kind in response["traceback"]
+    assert client.push_command_request("'still working'", block=True, target_server=1)[0]["ret"] == "still working"
+
+
+def test_large_return_value_arrives_whole(client):
+    (response,) = client.push_command_request(
+        "__import__('numpy').ones(25_000_000)", block=True, target_server=2
+    )  # 200 MB of float64
+    assert response["successful"], response["traceback"]
+    assert response["ret"].nbytes == 200_000_000 and response["ret"].sum() == 25_000_000
+    client.forget_command_responses(response["id"])
+
+
+def test_very_large_stdout_is_cut_in_the_response_but_works(client):
+    from casa_magics.server_side import STREAM_LIMIT
+
+    (response,) = client.push_command_request(
+        "for i in range(200_000): print('x' * 99)", block=True, target_server=2
+    )  # 20 MB printed
+    assert response["successful"]
+    assert len(response["stdout"]) < STREAM_LIMIT + 100
+    assert response["stdout"].endswith(f"[... {20_000_000 - STREAM_LIMIT} more characters not kept]\n")
+
+
+# ------------------------------------------------------------- stop
+@pytest.mark.timeout(60)
+def test_stop_services_reports_requests_cut_short_and_leaves_no_process(own_cluster):
+    import psutil
+
+    client = own_cluster(n=2)
+    session = client.session
+    running = client.push_command_request("import time; time.sleep(60)", target_server=[1, 2])
+    held = client.push_command_request("'never runs'")
+    processes = [psutil.Process(info.pid) for info in session.servers]
+    processes.append(psutil.Process(session.cluster.controller.process.pid))
+    processes += [psutil.Process(es.process.pid) for es in session.cluster.engines.values()]
+    cut = client.stop_services()
+    assert sorted(cut) == sorted(running + held)
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    assert alive == []
