@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -194,10 +195,12 @@ class ClusterSession:
             mpi_args = _launcher_flavour_args(settings.mpiexec) + extra_args
             if hostfile:
                 mpi_args += (["-f"] if _launcher_flavour_args(settings.mpiexec) else ["--hostfile"]) + [hostfile]
-            # ipyparallel's per-engine "nanny" takes every MPI sibling down with a killed
-            # engine; without it the other servers live on, as casampi's do.
+            # Each rank is a keeper running the engine, so one server's death is not the job's.
             engine_kwargs.update(
-                mpi_cmd=[shutil.which(settings.mpiexec)], mpi_args=mpi_args, engine_args=["--IPEngine.enable_nanny=False"]
+                mpi_cmd=[shutil.which(settings.mpiexec)],
+                mpi_args=mpi_args,
+                engine_cmd=[sys.executable, "-m", "casa_magics.engine_keeper"]
+                + list(engine_command or [sys.executable, "-m", "ipyparallel.engine"]),
             )
         elif settings.allow_no_mpi and not (extra_args or hostfile):
             warnings.warn(f"MPI is not available ({why_not}): starting plain local engines", RuntimeWarning, stacklevel=2)
@@ -211,6 +214,8 @@ class ClusterSession:
             cluster_id=f"casa-magics-{uuid.uuid4().hex[:8]}",
             profile_dir=str(run_dir / "ipython-profile"),
             controller_ip="127.0.0.1",
+            # No task database: the client keeps what it needs, the controller need not.
+            controller_args=["--IPController.db_class=NoDB"],
             load_profile=False,
             log_level=logging.WARNING,
             shutdown_atexit=True,
@@ -332,35 +337,46 @@ class ClusterSession:
     def stop(self) -> None:
         """Close the client; stop the cluster only if this session started it.
 
-        Safe to call more than once, and called at interpreter exit.
+        Engines of an embedded cluster are asked to shut down (even while a
+        command runs), then the controller and ``mpiexec`` are stopped and any
+        engine process still alive after a few seconds is killed. Safe to
+        call more than once, and called at interpreter exit.
         """
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
         atexit.unregister(self.stop)
+        if self.cluster is not None:
+            try:
+                self.client.shutdown(targets="all", block=False)
+            except Exception as error:  # engines may be gone already
+                log.debug("engine shutdown request: %s", error)
+            self._wait_for_engines_to_exit(grace=5.0)
         try:
             self.client.close()
         except Exception as error:  # closing is best effort; stopping is what matters
             log.debug("closing client: %s", error)
         if self.cluster is not None:
             self.cluster.stop_cluster_sync()
-            self._reap_engines()
+            self._wait_for_engines_to_exit(grace=0.0)
 
-    def _reap_engines(self, grace: float = 5.0) -> None:
-        """Make sure no engine process outlives an embedded cluster."""
+    def _wait_for_engines_to_exit(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for this host's engines, then kill what is left."""
         import psutil
 
-        local = [info.pid for info in self.servers if info.host == os.uname().nodename]
-        procs = []
-        for pid in local:
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for proc in alive:
-            proc.kill()
+        here = os.uname().nodename
+        processes = []
+        for info in self.servers:
+            if info.host == here:
+                try:
+                    processes.append(psutil.Process(info.pid))
+                except psutil.NoSuchProcess:
+                    pass
+        _, alive = psutil.wait_procs(processes, timeout=grace)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=5)
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"

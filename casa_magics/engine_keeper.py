@@ -1,0 +1,54 @@
+"""``python -m casa_magics.engine_keeper ENGINE-COMMAND...``: keep one server's death its own.
+
+MPICH's process manager (hydra) kills every process of an ``mpiexec`` job
+as soon as one of them dies from a signal, even with
+``-disable-auto-cleanup``. casampi's servers survive each other, and ours
+must too: a server killed by the out-of-memory killer must not take the
+others' state with it.
+
+So ``mpiexec`` starts this small keeper as each rank, and the keeper runs the
+real engine as its child, in a session of its own, inheriting the MPI
+process manager's connection. When the engine dies, the keeper *exits*
+(status 128 + signal), which hydra with ``-disable-auto-cleanup`` tolerates.
+Signals sent to the keeper (Ctrl-C forwarded by ``mpiexec``, shutdown) are
+passed on to the engine, and on Linux the engine is killed if the keeper is.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+__all__ = ["main"]
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL the engine when its keeper goes away."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the cluster's own shutdown still reaps engines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``argv`` (default: this process's arguments) and exit as it exits."""
+    command = sys.argv[1:] if argv is None else argv
+    if not command:
+        print("usage: python -m casa_magics.engine_keeper ENGINE-COMMAND...", file=sys.stderr)
+        return 2
+    # close_fds=False: the engine needs the process manager's PMI socket (PMI_FD).
+    engine = subprocess.Popen(command, close_fds=False, start_new_session=True, preexec_fn=_die_with_parent)
+    for signum in _FORWARDED:
+        signal.signal(signum, lambda received, _frame: engine.send_signal(received))
+    code = engine.wait()
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
