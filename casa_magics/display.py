@@ -87,16 +87,16 @@ def html_table(rows: list[Mapping[str, Any]], caption: str | None = None) -> str
     '<table class="casa-magics"><thead><tr><th>server</th><th>host</th></tr></thead><tbody><tr><td class="casa-server">1</td><td class="casa-host">node&lt;1&gt;</td></tr></tbody></table>'
     """
     columns = _columns(rows)
-    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    head = "".join(f"<th>{html.escape(column, quote=False)}</th>" for column in columns)
     body = []
     for row in rows:
         cells = []
         for column in columns:
             value = row.get(column)
-            text = value if isinstance(value, RawHTML) else html.escape(_cell(value))
+            text = value if isinstance(value, RawHTML) else html.escape(_cell(value), quote=False)
             cells.append(f'<td class="casa-{html.escape(column.replace(" ", "-"))}">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    title = f"<caption>{html.escape(caption, quote=False)}</caption>" if caption else ""
     return f'<table class="casa-magics">{title}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -116,7 +116,7 @@ def text_table(rows: list[Mapping[str, Any]], caption: str | None = None) -> str
 
     def numeric(i: int) -> bool:
         values = [row.get(columns[i]) for row in rows]
-        return all(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)) for value in values)
+        return all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
 
     def line(values: list[str], header: bool = False) -> str:
         parts = [
@@ -151,8 +151,9 @@ def _response_rows(responses: Iterable[Mapping[str, Any]], rich: bool) -> list[d
     for response in responses:
         summary = _error_summary(response)
         if rich and summary:
-            folded = html.escape(response.get("traceback") or "")
-            error: Any = RawHTML(f"<details><summary>{html.escape(summary)}</summary><pre>{folded}</pre></details>")
+            folded = html.escape(response.get("traceback") or "", quote=False)
+            summary = html.escape(summary, quote=False)
+            error: Any = RawHTML(f"<details><summary>{summary}</summary><pre>{folded}</pre></details>")
         else:
             error = summary
         rows.append(
