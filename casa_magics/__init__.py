@@ -39,9 +39,16 @@ __all__ = [
 
 
 def load_ipython_extension(ipython):
-    """Register the ``%casa_*`` magics (``%load_ext casa_magics``). Starts no cluster."""
-    from .magics import load_ipython_extension as load
+    """Register the ``%casa_*`` magics (``%load_ext casa_magics``). Starts no cluster.
 
+    When the ``casa`` extra is installed, this kernel is also set up to
+    import CASA offline (see :func:`casa_magics.casa_env.prepare_client_process`).
+    """
+    from .casa_env import prepare_client_process
+    from .magics import load_ipython_extension as load
+    from .session import default_run_dir
+
+    prepare_client_process(default_run_dir())
     load(ipython)
 
 

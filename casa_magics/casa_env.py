@@ -36,6 +36,7 @@ __all__ = [
     "site_config_text",
     "write_site_config",
     "casa_environment",
+    "prepare_client_process",
     "expand_logfile",
     "configure_casa_logfile",
 ]
@@ -125,7 +126,9 @@ def casadata_path() -> str | None:
     return str(casadata.datapath)
 
 
-def site_config_text(run_dir: str | os.PathLike[str], measurespath: str | None = None) -> str:
+def site_config_text(
+    run_dir: str | os.PathLike[str], measurespath: str | None = None, log_name: str = _DEFAULT_LOG_TEMPLATE
+) -> str:
     """Return the text of the CASA site config for a run directory.
 
     Parameters
@@ -136,6 +139,9 @@ def site_config_text(run_dir: str | os.PathLike[str], measurespath: str | None =
         CASA data directory; default :func:`casadata_path`. When neither is
         known, ``measurespath`` is left at the CASA default, still without
         downloads.
+    log_name : str
+        Log file name in ``run_dir`` used when ``CASA_MAGICS_CASA_LOGFILE``
+        is unset (default ``casa-server-{server}.log``).
 
     Returns
     -------
@@ -147,19 +153,35 @@ def site_config_text(run_dir: str | os.PathLike[str], measurespath: str | None =
         measures = f"measurespath = {measurespath!r}\ndatapath = [measurespath]"
     else:
         measures = "# casadata is not installed: measurespath keeps the CASA default"
-    fallback = str(Path(run_dir).resolve() / _DEFAULT_LOG_TEMPLATE)
+    fallback = str(Path(run_dir).resolve() / log_name)
     return _SITE_CONFIG_TEMPLATE.format(
         measures=measures, logfile_env=LOGFILE_ENV, fallback=fallback, rank_vars=_RANK_VARIABLES
     )
 
 
-def write_site_config(run_dir: str | os.PathLike[str]) -> Path:
+#: Values this module put into os.environ itself (so they are not mistaken for the user's).
+_placed_here: set[str] = set()
+
+
+def _users_own(name: str) -> str | None:
+    """The user's value of an environment variable, ignoring values placed by this module."""
+    value = os.environ.get(name)
+    return None if value is None or value in _placed_here else value
+
+
+def write_site_config(
+    run_dir: str | os.PathLike[str], name: str = SITE_CONFIG_NAME, log_name: str = _DEFAULT_LOG_TEMPLATE
+) -> Path:
     """Write the site config into the run directory, unless the user has one.
 
     Parameters
     ----------
     run_dir : str or path-like
-        Directory to write ``casasiteconfig.py`` into; created if missing.
+        Directory to write the file into; created if missing.
+    name : str
+        File name (default ``casasiteconfig.py``).
+    log_name : str
+        Log file name used when ``CASA_MAGICS_CASA_LOGFILE`` is unset.
 
     Returns
     -------
@@ -167,13 +189,13 @@ def write_site_config(run_dir: str | os.PathLike[str]) -> Path:
         The user's own ``CASASITECONFIG`` when that variable is set (nothing
         is written then), otherwise the absolute path of the written file.
     """
-    user_config = os.environ.get("CASASITECONFIG")
+    user_config = _users_own("CASASITECONFIG")
     if user_config:
         return Path(user_config)
     directory = Path(run_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / SITE_CONFIG_NAME
-    path.write_text(site_config_text(directory))
+    path = directory / name
+    path.write_text(site_config_text(directory, log_name=log_name))
     return path
 
 
@@ -203,7 +225,35 @@ def casa_environment(run_dir: str | os.PathLike[str]) -> dict[str, str]:
         "MPLBACKEND": "Agg",
         LOGFILE_ENV: str(directory / _DEFAULT_LOG_TEMPLATE),
     }
-    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+    return {name: _users_own(name) or value for name, value in defaults.items()}
+
+
+def prepare_client_process(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Let this (client or kernel) process import CASA offline too.
+
+    Sets ``CASASITECONFIG`` to a site config like the servers' (unless the
+    user set one), with the log going to ``<run_dir>/casa-client.log``.
+    Does nothing when the ``casa`` extra is missing or CASA's configuration
+    was already read in this process.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        The run directory (see :func:`casa_magics.session.default_run_dir`).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The site config in effect, or None when nothing was done.
+    """
+    if not casa_available() or "casaconfig.config" in sys.modules:
+        return None
+    if _users_own("CASASITECONFIG"):
+        return Path(os.environ["CASASITECONFIG"])
+    path = str(write_site_config(run_dir, name="casasiteconfig-client.py", log_name="casa-client.log"))
+    _placed_here.add(path)
+    os.environ["CASASITECONFIG"] = path
+    return Path(path)
 
 
 def expand_logfile(template: str, environ: Mapping[str, str] | None = None) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "set_current_session",
     "has_current_session",
     "visible_clusters",
+    "default_run_dir",
 ]
 
 log = logging.getLogger("casa_magics")
@@ -65,6 +66,34 @@ def visible_clusters() -> list[str]:
         n = sum(getattr(es, "n", 0) or 0 for es in cluster.engines.values())
         found.append(f"{key} (profile {Path(cluster.profile_dir).name}, cluster_id {cluster.cluster_id!r}, {n} engines)")
     return found
+
+
+_process_run_dir: Path | None = None
+
+
+def default_run_dir(settings: Settings | None = None) -> Path:
+    """The run directory: ``CASA_MAGICS_RUN_DIR``, else one temporary directory per process.
+
+    Servers write their CASA logs here (``casa-server-<id>.log``), and the
+    CASA site config and an embedded cluster's connection files live here.
+    """
+    global _process_run_dir
+    settings = settings or load_settings()
+    if settings.run_dir:
+        path = Path(settings.run_dir)
+    else:
+        if _process_run_dir is None:
+            _process_run_dir = Path(tempfile.mkdtemp(prefix="casa-magics-"))
+        path = _process_run_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` readable by its owner only: it will hold connection keys."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def _mpi_usable(mpiexec: str) -> str | None:
@@ -182,8 +211,7 @@ class ClusterSession:
         hostfile = hostfile or settings.hostfile
         extra_args = list(settings.mpiexec_args if mpiexec_args is None else mpiexec_args)
 
-        run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="casa-magics-"))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = default_run_dir(settings)
         environment = casa_env.casa_environment(run_dir)
 
         why_not = _mpi_usable(settings.mpiexec)
@@ -212,7 +240,7 @@ class ClusterSession:
             engines=engines,
             n=n,
             cluster_id=f"casa-magics-{uuid.uuid4().hex[:8]}",
-            profile_dir=str(run_dir / "ipython-profile"),
+            profile_dir=str(_private_dir(run_dir / "ipython-profile")),
             controller_ip="127.0.0.1",
             # No task database: the client keeps what it needs, the controller need not.
             controller_args=["--IPController.db_class=NoDB"],
@@ -311,7 +339,7 @@ class ClusterSession:
             listing = "; ".join(visible) if visible else "none"
             why = " ".join(str(error).split())  # one line
             raise ClusterError(f"cannot connect to cluster ({target}): {why}. Visible clusters: {listing}") from None
-        run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="casa-magics-"))
+        run_dir = default_run_dir(settings)
         return cls(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
 
     # ------------------------------------------------------------------ state
