@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.needs_mpi
 @pytest.fixture(scope="module")
 def ip(client):
     """A real IPython shell with the extension loaded, on the shared cluster."""
-    shell = start_ipython()
+    start_ipython()  # once per process; later calls return None
+    shell = get_ipython()
     shell.run_line_magic("load_ext", "casa_magics")
     yield shell
     shell.run_line_magic("unload_ext", "casa_magics")
