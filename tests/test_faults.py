@@ -22,6 +22,8 @@ def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster):
     info = client.session.servers.info(2)
     running = client.push_command_request("import time; time.sleep(30)", target_server=2)
     queued = client.push_command_request("'behind'", target_server=2)
+    others_busy = client.push_command_request("import time; time.sleep(2)", target_server=[1, 3])
+    held = [client.push_command_request("casa_server_id")[0] for _ in range(4)]
     time.sleep(0.5)
     os.kill(info.pid, signal.SIGKILL)
     killed_at = time.time()
@@ -37,8 +39,37 @@ def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster):
     assert status[2]["timeout"] is True and status[2]["lost"]
     # The other servers keep their state and keep working, untargeted requests included.
     assert [r["ret"] for r in client.push_command_request("kept", block=True, target_server=[1, 3])] == ["state", "state"]
+    # Untargeted requests that waited in the client's queue ran on the remaining servers.
+    ran = client.get_command_response([held, others_busy], block=True, timeout=WAIT)
+    assert all(r["successful"] for r in ran)
+    assert {r["server"] for r in ran[: len(held)]} <= {1, 3} and [r["ret"] for r in ran[: len(held)]] == [r["server"] for r in ran[: len(held)]]
     untargeted = [client.push_command_request("casa_server_id")[0] for _ in range(6)]
     assert {r["server"] for r in client.get_command_response(untargeted, block=True, timeout=WAIT)} <= {1, 3}
+
+
+def test_stopped_server_times_out_then_its_real_answer_replaces_the_timeout(own_cluster):
+    client = own_cluster(n=2, server_timeout=2)
+    info = client.session.servers.info(2)
+    (running,) = client.push_command_request("__import__('time').sleep(1) or 'real answer'", target_server=2)
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        (timed_out,) = client.get_command_response(running, block=True, timeout=WAIT)
+        assert timed_out["status"] == "timeout" and timed_out["successful"] is False
+        assert f"Timeout: server 2 (host {info.host}, pid {info.pid}) has not answered for" in timed_out["traceback"]
+        assert client.get_server_status()[2]["timeout"] is True
+        with pytest.raises(CommandRequestError, match=r"^server 2 cannot take requests: it has not answered for over 2 s$"):
+            client.push_command_request("1", target_server=2)
+        assert client.push_command_request("casa_server_id", block=True)[0]["server"] == 1
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
+    event = client.get_command_response_event(running)
+    deadline = time.time() + WAIT
+    while client.get_command_response(running)[0]["status"] != "response received" and time.time() < deadline:
+        event.wait(0.2)
+    (replaced,) = client.get_command_response(running)
+    assert (replaced["status"], replaced["successful"], replaced["ret"]) == ("response received", True, "real answer")
+    assert client.get_server_status()[2]["timeout"] is False
+    assert client.push_command_request("casa_server_id", block=True, target_server=2)[0]["ret"] == 2
 
 
 # ------------------------------------------------------------- Ctrl-C
