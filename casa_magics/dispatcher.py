@@ -37,6 +37,7 @@ from typing import Any, Iterable
 
 from ipyparallel import error as ipp_error
 
+from .cancel_board import CancelBoard, board_path
 from .commands import CompiledCommand, short
 from .errors import CommandRequestError
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
@@ -145,6 +146,7 @@ class Dispatcher:
         self._waiters: list[tuple[set[int], threading.Event]] = []
         self._estimate: float | None = None
         self._cancel_asked: set[int] = set()
+        self._boards: dict[int, CancelBoard] = {}
         client = session.client
         self._servers = {info.server: _Server(info, client[info.engine]) for info in session.servers}
         self._closed = threading.Event()
@@ -254,7 +256,7 @@ class Dispatcher:
                     if request.status == CANCELLED:
                         continue
                     request.record_outcome(outcome)
-                    if request.id in self._cancel_asked and not outcome["successful"]:
+                    if outcome.get("cancelled") or (request.id in self._cancel_asked and not outcome["successful"]):
                         request.status = CANCELLED
                     self._cancel_asked.discard(request.id)
                     self._learn_duration(outcome)
@@ -475,42 +477,68 @@ class Dispatcher:
         return len(self._holding)
 
     # ------------------------------------------------------------ cancelling
+    def _board(self, server: _Server) -> CancelBoard | None:
+        """The server's cancel board, if client and server share a host."""
+        if server.info.host != os.uname().nodename:
+            return None
+        board = self._boards.get(server.info.server)
+        if board is None:
+            try:
+                board = CancelBoard(board_path(self.session.run_dir, server.info.server))
+            except OSError:
+                return None
+            self._boards[server.info.server] = board
+        return board
+
     def cancel(self, request_ids: list[int]) -> dict[int, str]:
-        """Cancel requests: never-sent ones are dropped, running ones interrupted.
+        """Cancel requests: unsent ones at once, sent ones through the server's cancel board.
+
+        A running request is interrupted (SIGINT, delivered only to that
+        request); a sent one that has not started is skipped by its server.
+        Either way its response gets status ``'cancelled'``.
 
         Returns ``{request_id: what happened}``.
+
+        Raises
+        ------
+        CommandRequestError
+            For an unknown ID, or a sent request on another host (nothing
+            is cancelled then).
         """
-        outcome: dict[int, str] = {}
-        interrupt: set[int] = set()
         with self._lock:
-            for request in self._known(request_ids):
+            requests = self._known(request_ids)
+            for request in requests:
+                if request.status not in (HOLDING,) and not request.finished:
+                    server = self._servers[request.server]
+                    if self._board(server) is None:
+                        raise CommandRequestError(
+                            f"cannot cancel request {request.id}: it was already sent to {server.describe()}, "
+                            "which does not share this host"
+                        )
+            outcome: dict[int, str] = {}
+            for request in requests:
                 if request.finished:
                     outcome[request.id] = f"already finished ({request.status})"
                 elif request.status == HOLDING:
-                    if request in self._holding:
+                    if request.target is None:
                         self._holding.remove(request)
                     else:
                         self._servers[request.server].waiting.remove(request)
-                    request.record_failure(CANCELLED, "cancelled before it was sent")
+                    request.record_failure(CANCELLED, "cancelled by the client before it was sent")
                     self._notify([request.id])
                     outcome[request.id] = "cancelled before it was sent"
                 else:
-                    self._cancel_asked.add(request.id)
                     server = self._servers[request.server]
-                    head = server.in_flight[0] if server.in_flight else None
-                    if head is not None and head.requests and request in head.requests:
-                        interrupt.add(request.server)
-                        outcome[request.id] = "interrupted on its server"
+                    board = self._board(server)
+                    board.cancel(request.id)
+                    self._cancel_asked.add(request.id)
+                    if board.running == request.id:
+                        board.interrupt = request.id
+                        os.kill(server.info.pid, signal.SIGINT)
+                        outcome[request.id] = "interrupted while running"
                     else:
-                        outcome[request.id] = "will be cancelled when its server reaches it"
-        for server_id in interrupt:
-            self._interrupt(self._servers[server_id])
-        return outcome
-
-    def _interrupt(self, server: _Server) -> None:
-        if server.info.host != os.uname().nodename:
-            raise CommandRequestError(f"cannot interrupt {server.describe()}: it runs on another host")
-        os.kill(server.info.pid, signal.SIGINT)
+                        outcome[request.id] = "will be skipped by its server"
+            return outcome
 
     # ---------------------------------------------------------------- closing
     def close(self) -> list[int]:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 import socket
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
+
+from .cancel_board import CancelBoard, board_path
 
 __all__ = ["run_requests", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
@@ -23,6 +27,7 @@ STREAM_LIMIT = 1_000_000
 
 _FILENAME = "<casa command>"
 _fallback_namespace: dict[str, Any] = {"__name__": "__main__"}
+_board: CancelBoard | None = None  # set by prepare_engine
 
 
 def user_namespace() -> dict[str, Any]:
@@ -137,6 +142,30 @@ def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
+def _skipped(request: tuple) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "id": request[0],
+        "successful": False,
+        "ret": None,
+        "traceback": "cancelled by the client before it started",
+        "command_start_time": now,
+        "command_stop_time": now,
+        "stdout": "",
+        "stderr": "",
+        "cancelled": True,
+    }
+
+
+def _interrupt_if_meant(_signum: int, _frame: Any) -> None:
+    """SIGINT handler while requests run: interrupt only the request the client named."""
+    board = _board
+    if board is not None and board.interrupt and board.interrupt == board.running:
+        cancelled = board.running
+        board.interrupt = 0
+        raise KeyboardInterrupt(f"request {cancelled} was cancelled by the client")
+
+
 def run_requests(requests: list[tuple]) -> list[dict[str, Any]]:
     """Run requests in order and return one outcome dict for each.
 
@@ -153,7 +182,28 @@ def run_requests(requests: list[tuple]) -> list[dict[str, Any]]:
         A failing command does not stop the ones after it.
     """
     namespace = user_namespace()
-    return [_run_one(request, namespace) for request in requests]
+    board = _board
+    if board is None:
+        return [_run_one(request, namespace) for request in requests]
+    outcomes = []
+    previous = signal.signal(signal.SIGINT, _interrupt_if_meant)
+    try:
+        for request in requests:
+            try:
+                # "running" first, then the check: a cancel the client makes in between is seen
+                # either here (skip) or by the client (interrupt), never by neither.
+                board.running = request[0]
+                if board.is_cancelled(request[0]):
+                    board.running = 0
+                    outcomes.append(_skipped(request))
+                else:
+                    outcomes.append(_run_one(request, namespace))
+            except KeyboardInterrupt:  # the signal landed between commands
+                outcomes.append(_skipped(request))
+    finally:
+        board.running = 0
+        signal.signal(signal.SIGINT, previous)
+    return outcomes
 
 
 #: Name under which a server's own ID is visible to its commands.
@@ -172,3 +222,9 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
     os.environ["CASA_MAGICS_SERVER_ID"] = str(server_id)
     os.environ["CASA_MAGICS_RUN_DIR"] = run_dir
     user_namespace()[SERVER_ID_NAME] = server_id
+    global _board
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        _board = CancelBoard(board_path(run_dir, server_id), create=True)
+    except OSError:  # no shared run directory here: requests can then only be cancelled before sending
+        _board = None

@@ -149,3 +149,42 @@ def test_stop_services_reports_requests_cut_short_and_leaves_no_process(own_clus
     assert sorted(cut) == sorted(running + held)
     _, alive = psutil.wait_procs(processes, timeout=15)
     assert alive == []
+
+
+# ------------------------------------------------------------- cancelling
+def test_cancel_a_request_still_in_the_holding_queue(client):
+    busy = client.push_command_request("import time; time.sleep(1)", target_server=[1, 2])
+    (held,) = client.push_command_request("'never'")
+    assert client.abort_command_request(held) == {held: "cancelled before it was sent"}
+    (response,) = client.get_command_response(held)
+    assert (response["status"], response["successful"]) == ("cancelled", False)
+    assert response["traceback"] == "cancelled by the client before it was sent"
+    client.get_command_response(busy, block=True, timeout=WAIT)
+
+
+def test_cancel_a_running_request_interrupts_only_it(client):
+    client.push_command_request("survivor = 'kept'", block=True, target_server=1)
+    (running,) = client.push_command_request("import time; time.sleep(30)", target_server=1)
+    (after,) = client.push_command_request("survivor", target_server=1)
+    time.sleep(0.5)
+    assert client.abort_command_request([running]) == {running: "interrupted while running"}
+    cancelled, following = client.get_command_response([running, after], block=True, timeout=WAIT)
+    assert cancelled["status"] == "cancelled" and cancelled["successful"] is False
+    assert f"KeyboardInterrupt: request {running} was cancelled by the client" in cancelled["traceback"]
+    assert (following["status"], following["ret"]) == ("response received", "kept")
+
+
+def test_cancel_a_sent_request_before_it_starts(client):
+    (first,) = client.push_command_request("__import__('time').sleep(1) or 'first'", target_server=2)
+    (second,) = client.push_command_request("'second'", target_server=2)
+    (third,) = client.push_command_request("'third'", target_server=2)
+    assert client.get_command_request_list()[second]["status"] == "request sent"
+    assert client.abort_command_request(second) == {second: "will be skipped by its server"}
+    responses = client.get_command_response([first, second, third], block=True, timeout=WAIT)
+    assert [(r["status"], r["ret"]) for r in responses] == [
+        ("response received", "first"),
+        ("cancelled", None),
+        ("response received", "third"),
+    ]
+    assert responses[1]["traceback"] == "cancelled by the client before it started"
+    assert client.abort_command_request(first) == {first: "already finished (response received)"}
