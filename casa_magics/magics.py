@@ -487,7 +487,7 @@ class CasaMagics(Magics):
         In [1]: slow = %casa_push -t 1 import time; time.sleep(60)
 
         In [2]: %casa_abort slow
-        Out[2]: {9: 'interrupted on its server'}
+        Out[2]: {9: 'interrupted while running'}
         """
         args = parse_argstring(self.casa_abort, line)
         ids = self._request_ids(args.ids, "%casa_abort")

@@ -220,7 +220,8 @@ def test_abort_cancels_a_running_request(ip):
     slow = line(ip, "%casa_push -t 1 import time; time.sleep(30)")
     time.sleep(0.5)
     ip.user_ns["slow"] = slow
-    assert line(ip, "%casa_abort slow") == {slow[0]: "interrupted on its server"}
+    outcome = line(ip, "%casa_abort slow")
+    assert type(outcome) is dict and list(outcome) == slow and "interrupted" in outcome[slow[0]]
     (response,) = line(ip, f"%casa_get -b --timeout {WAIT} slow")
     assert response["status"] == "cancelled" and "KeyboardInterrupt" in response["traceback"]
     assert line(ip, f"%casa_abort {slow[0]}") == {slow[0]: "already finished (cancelled)"}
@@ -457,7 +458,7 @@ def test_kernel_interrupted_wait_says_how_to_resume(kernel):
     assert out.of("error")[0]["ename"] == "KeyboardInterrupt"
     assert "Stopped waiting; the requests keep running: %casa_get -b " in out.stderr
     request = int(out.stderr.split("%casa_get -b ")[1].split()[0])
-    assert kernel.run(f"%casa_abort {request}").result["text/plain"] == f"{{{request}: 'interrupted on its server'}}"
+    assert kernel.run(f"%casa_abort {request}").result["text/plain"].startswith(f"{{{request}: 'interrupted")
     assert "[cancelled] KeyboardInterrupt" in kernel.run(f"%casa_get -b {request}").result["text/plain"]
 
 
@@ -488,6 +489,7 @@ def test_kernel_connects_by_profile_and_by_connection_file(kernel, session, tmp_
     assert bad.stderr.count("\n") == 1
 
     connected = kernel.run(f"%casa_cluster connect --profile casatest --cluster-id {cluster.cluster_id} -n 2 --timeout {WAIT}")
+    assert connected.stderr == ""
     assert connected.stdout == f"Connected to cluster at profile 'casatest', cluster_id '{cluster.cluster_id}': 2 servers.\n"
     assert "<td class=\"casa-server\">2</td>" in connected.result["text/html"]
     assert "'kernel was here'" in kernel.run("%casa_push -b -t 2 'kernel was here'").result["text/plain"]
