@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install demo test bench soak clean
+.PHONY: install demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -26,9 +26,6 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py
-
-soak: install
-	$(PYTEST) tests -m slow --run-slow
 
 clean:
 	rm -rf $(VENV) build *.egg-info
