@@ -9,6 +9,12 @@ Returned values stay plain: request IDs are a ``list`` of ints, responses a
 :class:`~casa_magics.display.ResponseList` and status a
 :class:`~casa_magics.display.ServerStatus`, a ``list`` and a ``dict`` that
 only add a table for IPython's display (HTML in Jupyter, text in a terminal).
+They compare equal to plain lists and dicts, and ``repr()`` shows them as such.
+
+A blocking wait waits on ``get_command_response_event`` and shows a progress
+bar (done/total, elapsed) once it has lasted :data:`PROGRESS_AFTER_SEVERAL`
+seconds for several requests or :data:`PROGRESS_AFTER_ONE` for one; in
+Jupyter the bar is left complete, in a terminal it is erased.
 """
 
 from __future__ import annotations
@@ -342,7 +348,8 @@ class CasaMagics(Magics):
 
         Non-blocking (the default) returns the list of request IDs, one per
         target server; ``%casa_get`` collects the responses. With ``-b`` it
-        waits (with a progress bar when the wait is not short), prints what
+        waits (with a progress bar after 0.5 s for several requests, 1 s for
+        one), prints what
         the command wrote on each server as ``[server N] text``, and returns
         the response list, shown as a table.
 
