@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python -m casa_magics.demo
 
+# The tests, and the notebooks run top to bottom and checked against their saved outputs.
 test: install
-	$(PYTEST) tests
+	$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+		--nbval-cell-timeout=300 tests notebooks
 
 bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py

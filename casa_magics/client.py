@@ -72,6 +72,9 @@ class CommandClient:
 
     def _services(self) -> Dispatcher:
         with self._lock:
+            if self._dispatcher is not None and self._dispatcher.session.stopped:
+                self._dispatcher.close()  # its cluster was stopped or replaced behind our back
+                self._dispatcher = None
             if self._dispatcher is None:
                 session = self._given_session or _session.current_session()
                 self._dispatcher = Dispatcher(session, session.settings.server_timeout)

@@ -89,11 +89,12 @@ def _discard(_buffer: Any) -> None:
 
 
 def _format_failure(error: BaseException) -> str:
-    tb = error.__traceback__
-    # Drop this module's frames: the user's command starts the traceback.
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
+    """The traceback of a failed command, without this module's own frames."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename != __file__]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(error), error)
+    return "".join(lines)
 
 
 def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:

@@ -96,9 +96,17 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def find_mpiexec(mpiexec: str) -> str | None:
+    """Full path of the launcher: on PATH, else next to this Python (where the mpich wheel puts it)."""
+    found = shutil.which(mpiexec)
+    if found is None and os.sep not in mpiexec:
+        found = shutil.which(mpiexec, path=str(Path(sys.executable).parent))
+    return found
+
+
 def _mpi_usable(mpiexec: str) -> str | None:
     """Return why MPI cannot be used here, or None if it can."""
-    if shutil.which(mpiexec) is None:
+    if find_mpiexec(mpiexec) is None:
         return f"{mpiexec!r} was not found on PATH"
     try:
         import mpi4py  # noqa: F401
@@ -113,7 +121,7 @@ def _launcher_flavour_args(mpiexec: str) -> list[str]:
     MPICH's hydra kills a whole job when one process dies; casampi's servers
     survive each other, and so must ours.
     """
-    path = shutil.which(mpiexec) or mpiexec
+    path = find_mpiexec(mpiexec) or mpiexec
     resolved = os.path.realpath(path)
     if "hydra" in resolved or Path(path).with_name("hydra_pmi_proxy").exists():
         return ["-disable-auto-cleanup"]
@@ -225,7 +233,7 @@ class ClusterSession:
                 mpi_args += (["-f"] if _launcher_flavour_args(settings.mpiexec) else ["--hostfile"]) + [hostfile]
             # Each rank is a keeper running the engine, so one server's death is not the job's.
             engine_kwargs.update(
-                mpi_cmd=[shutil.which(settings.mpiexec)],
+                mpi_cmd=[find_mpiexec(settings.mpiexec)],
                 mpi_args=mpi_args,
                 engine_cmd=[sys.executable, "-m", "casa_magics.engine_keeper"]
                 + list(engine_command or [sys.executable, "-m", "ipyparallel.engine"]),
@@ -246,6 +254,8 @@ class ClusterSession:
             controller_args=["--IPController.db_class=NoDB"],
             load_profile=False,
             log_level=logging.WARNING,
+            # Its own logger, so launcher output does not land in a notebook cell.
+            log=logging.getLogger("casa_magics.cluster"),
             shutdown_atexit=True,
         )
         try:
@@ -253,7 +263,8 @@ class ClusterSession:
         except BaseException:
             cluster.stop_cluster_sync()
             raise
-        what = f"embedded cluster of {n} {'MPI' if engines == 'mpi' else 'local'} servers"
+        kind = "MPI" if engines == "mpi" else "local"
+        what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
         return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
 
     @staticmethod
