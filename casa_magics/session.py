@@ -97,11 +97,15 @@ def _private_dir(path: Path) -> Path:
 
 
 def find_mpiexec(mpiexec: str) -> str | None:
-    """Full path of the launcher: on PATH, else next to this Python (where the mpich wheel puts it)."""
-    found = shutil.which(mpiexec)
-    if found is None and os.sep not in mpiexec:
-        found = shutil.which(mpiexec, path=str(Path(sys.executable).parent))
-    return found
+    """Full path of the MPI launcher.
+
+    A bare name is looked up next to this Python first (where the ``mpich``
+    wheel puts the ``mpiexec`` that matches this environment's mpi4py), then
+    on ``PATH``. A path is used as given.
+    """
+    if os.sep in mpiexec:
+        return shutil.which(mpiexec)
+    return shutil.which(mpiexec, path=str(Path(sys.executable).parent)) or shutil.which(mpiexec)
 
 
 def _mpi_usable(mpiexec: str) -> str | None:

@@ -467,12 +467,12 @@ def test_kernel_stop_then_start_with_n(kernel):
     assert "Stopped embedded cluster of 2 MPI servers.\n" in kernel.run("%casa_cluster stop").stdout
     assert kernel.run("%casa_cluster stop").stdout == "No cluster is running.\n"
     started = kernel.run("%casa_cluster start -n 1 --timeout 60")
-    assert started.stdout.startswith("Started embedded cluster of 1 MPI servers (logs in ")
+    assert started.stdout.startswith("Started embedded cluster of 1 MPI server (logs in ")
     assert '<td class="casa-server">1</td>' in started.result["text/html"]
     refused = kernel.run("%casa_cluster start")
-    assert refused.stderr.startswith("UsageError: a cluster is already running (embedded cluster of 1 MPI servers)")
+    assert refused.stderr.startswith("UsageError: a cluster is already running (embedded cluster of 1 MPI server)")
     assert kernel.run("%casa_push -b casa_server_id").result["text/plain"].splitlines()[2].split()[1:4] == ["1", "True", "1"]
-    assert "Stopped embedded cluster of 1 MPI servers.\n" in kernel.run("%casa_cluster stop").stdout
+    assert "Stopped embedded cluster of 1 MPI server.\n" in kernel.run("%casa_cluster stop").stdout
 
 
 def test_kernel_connects_by_profile_and_by_connection_file(kernel, session, tmp_path):
