@@ -13,6 +13,8 @@ In IPython or Jupyter: ``%load_ext casa_magics``.
 
 from __future__ import annotations
 
+import logging
+
 from .client import CommandClient, MPICommandClient
 from .environment import MPIEnvironment
 from .errors import ClusterError, CommandRequestError
@@ -59,4 +61,6 @@ def unload_ipython_extension(ipython):
     unload(ipython)
 
 
+# A library logs, the application decides where to: nothing is printed unless asked.
+logging.getLogger("casa_magics").addHandler(logging.NullHandler())
 install_mpi4casa_alias()

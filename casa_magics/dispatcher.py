@@ -42,7 +42,7 @@ from .commands import CompiledCommand, short
 from .errors import CommandRequestError
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
 from .server_map import ServerInfo
-from .server_side import run_requests
+from .server_side import request_runner
 
 __all__ = ["Dispatcher", "flatten_request_ids", "MAX_IN_FLIGHT", "MAX_BATCH", "BATCH_WINDOW"]
 
@@ -219,7 +219,7 @@ class Dispatcher:
         if not server.in_flight:
             server.head_since = message.sent
         server.in_flight.append(message)
-        message.result = server.view.apply_async(run_requests, [request.payload() for request in batch])
+        message.result = server.view.apply_async(request_runner, [request.payload() for request in batch])
         message.result.add_done_callback(lambda _future, s=server, m=message: self._on_answer(s, m))
 
     # ---------------------------------------------------------------- answers

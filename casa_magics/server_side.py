@@ -20,7 +20,7 @@ from typing import Any
 
 from .cancel_board import CancelBoard, board_path
 
-__all__ = ["run_requests", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["run_requests", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -229,3 +229,23 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
         _board = CancelBoard(board_path(run_dir, server_id), create=True)
     except OSError:  # no shared run directory here: requests can then only be cancelled before sending
         _board = None
+
+
+class _RequestRunner:
+    """:func:`run_requests` in a form that pickles as a reference.
+
+    ipyparallel sends a plain function's code with every message; this
+    object pickles as the name ``casa_magics.server_side.request_runner``,
+    a few bytes, which is what makes a round trip cost no more than plain
+    ipyparallel's.
+    """
+
+    def __call__(self, requests: list[tuple]) -> list[dict[str, Any]]:
+        return run_requests(requests)
+
+    def __reduce__(self) -> str:
+        return "request_runner"
+
+
+#: What the client sends to the engines (see :class:`_RequestRunner`).
+request_runner = _RequestRunner()

@@ -172,7 +172,14 @@ class ClusterSession:
         self.description = description
         self._stopped = False
         self._lock = threading.Lock()
-        identities = client[:].apply_sync(engine_identity)
+        try:
+            identities = client[:].apply_sync(engine_identity)
+        except ipp.error.CompositeError as error:
+            if "No module named 'casa_magics'" in str(error):
+                raise ClusterError(
+                    "the engines cannot import casa_magics: install it in the engines' Python environment"
+                ) from None
+            raise
         self.servers = ServerMap(dict(zip(client.ids, identities)))
         self._prepare_servers()
         atexit.register(self.stop)
@@ -262,14 +269,14 @@ class ClusterSession:
             log=logging.getLogger("casa_magics.cluster"),
             shutdown_atexit=True,
         )
+        kind = "MPI" if engines == "mpi" else "local"
+        what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
         try:
             client = cls._launch(cluster, n, timeout, engine_kwargs)
+            return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
         except BaseException:
             cluster.stop_cluster_sync()
             raise
-        kind = "MPI" if engines == "mpi" else "local"
-        what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
-        return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
 
     @staticmethod
     def _launch(cluster: ipp.Cluster, n: int, timeout: float, engine_kwargs: dict[str, Any]) -> ipp.Client:

@@ -155,3 +155,9 @@ def test_connect_failure_lists_visible_clusters(ipcluster, monkeypatch):
     assert message.startswith("cannot connect to cluster (profile 'default', cluster_id 'nosuch')")
     assert "Visible clusters: " in message and "cmtest" in message
     assert "\n" not in message
+
+
+def test_engines_without_casa_magics_get_a_clear_error(tmp_path):
+    engine = [sys.executable, str(Path(__file__).parent / "support" / "engine_without_casa_magics.py")]
+    with pytest.raises(ClusterError, match=r"^the engines cannot import casa_magics: install it in the engines' Python environment$"):
+        ClusterSession.start(n=2, timeout=WAIT, engine_command=engine, settings=settings(run_dir=str(tmp_path)))
