@@ -206,7 +206,8 @@ class CommandClient:
 
         Each value has ``rank``, ``processor`` (host name), ``pid``, ``busy``,
         ``command``, ``command_start_time``, ``timeout``, and also
-        ``engine``, ``queued``, ``running_for`` and ``lost``.
+        ``engine``, ``queued``, ``running_for``, ``lost`` and ``log`` (the
+        server's CASA log file).
         """
         return self._services().server_status()
 

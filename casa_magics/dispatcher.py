@@ -39,6 +39,7 @@ from ipyparallel import error as ipp_error
 
 from .cancel_board import CancelBoard, board_path
 from .commands import CompiledCommand, short
+from .logs import server_log_path
 from .errors import CommandRequestError
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
 from .server_map import ServerInfo
@@ -468,6 +469,7 @@ class Dispatcher:
                     "queued": queued,
                     "timeout": server.timed_out or server.lost is not None,
                     "lost": server.lost,
+                    "log": str(server_log_path(self.session, server_id)),
                 }
         return status
 

@@ -232,14 +232,19 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
+def _status_caption(status: Mapping[int, Mapping[str, Any]]) -> str:
+    logs = {str(state["log"]).rsplit("/", 1)[0] for state in status.values() if state.get("log")}
+    return "CASA server status" + (f" (logs in {logs.pop()})" if len(logs) == 1 else "")
+
+
 def status_html(status: Mapping[int, Mapping[str, Any]]) -> str:
     """``get_server_status()`` as an HTML table, one row per server."""
-    return html_table(_status_rows(status), caption="CASA server status")
+    return html_table(_status_rows(status), caption=_status_caption(status))
 
 
 def status_text(status: Mapping[int, Mapping[str, Any]]) -> str:
     """``get_server_status()`` as a text table, one row per server."""
-    return text_table(_status_rows(status), caption="CASA server status")
+    return text_table(_status_rows(status), caption=_status_caption(status))
 
 
 class ServerStatus(dict):

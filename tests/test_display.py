@@ -190,3 +190,8 @@ def test_jupyter_progress_is_one_display_updated_in_place_and_left_complete():
 @pytest.mark.parametrize("total", [1, 3])
 def test_progress_text_counts_done_over_total(total):
     assert ProgressBar(total, rich=False).text(total).startswith(f"{total}/{total} requests done [")
+
+
+def test_status_caption_names_the_log_directory():
+    status = ServerStatus({1: {**status_row(False), "log": "/run/dir/casa-server-1.log"}})
+    assert status_text(status).splitlines()[0] == "CASA server status (logs in /run/dir)"

@@ -214,7 +214,7 @@ def test_status_shows_a_table_and_returns_the_status_dict(ip, client):
 def test_status_text_appears_in_the_shell(ip, capsys):
     ip.run_cell("%casa_status")
     out = capsys.readouterr().out
-    assert "CASA server status\nserver  engine  host" in out and "busy  command  running for  queued  state" in out
+    assert "CASA server status (logs in " in out and "\nserver  engine  host" in out and "busy  command  running for  queued  state" in out
 
 
 def test_abort_cancels_a_running_request(ip):
