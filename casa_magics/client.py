@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from . import session as _session
+from .casa_env import require_casa
 from .commands import check_parameters, compile_command, short
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
@@ -219,6 +220,29 @@ class CommandClient:
         each, keyed by request ID. (Not in casampi.)
         """
         return self._services().cancel(flatten_request_ids(command_request_id_list))
+
+    def import_casa(self) -> list[dict[str, Any]]:
+        """Import ``casatools`` and ``casatasks`` on every server, and wait. (Not in casampi.)
+
+        CASA takes a few seconds to import; doing it up front on all servers
+        at once makes the first real task start without that wait. Servers
+        read the offline site config (``casadata``, no downloads) and log to
+        their own file in the run directory.
+
+        Returns
+        -------
+        list of dict
+            One response per server.
+
+        Raises
+        ------
+        ImportError
+            With a one-line message saying how to install the ``casa`` extra,
+            when it is missing here.
+        """
+        require_casa()
+        servers = [s for s, state in self.get_server_status().items() if not state["timeout"]]
+        return self.push_command_request("import casatools, casatasks", block=True, target_server=servers)
 
     def forget_command_responses(self, command_request_id_list: int | list | None = None) -> list[int]:
         """Let go of finished requests so their memory is freed. (Not in casampi.)

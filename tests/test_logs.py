@@ -35,3 +35,20 @@ def test_casa_log_tail_shows_what_a_server_logged(client, session):
     )
     assert "hello from server 2" in casa_log_tail(2, lines=50, session=session)
     assert "hello from server 2" not in casa_log_tail(1, lines=50, session=session)
+
+
+@pytest.mark.needs_mpi
+@pytest.mark.skipif(not casa_available(), reason="needs the casa extra (make install)")
+def test_import_casa_imports_on_every_server(client):
+    responses = client.import_casa()
+    assert [(r["server"], r["successful"]) for r in responses] == [(1, True), (2, True)]
+
+
+def test_import_casa_says_how_to_install_the_extra_when_missing(client, monkeypatch):
+    from casa_magics import casa_env
+
+    monkeypatch.setattr(casa_env, "casa_available", lambda: False)  # as where the extra is not installed
+    before = client.get_command_request_list()
+    with pytest.raises(ImportError, match=r'^casatools is not installed: run "pip install casa_magics\[casa\]" \(or "make install"\)$'):
+        client.import_casa()
+    assert client.get_command_request_list() == before
