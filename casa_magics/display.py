@@ -8,6 +8,7 @@ know how to draw themselves (:class:`ResponseList`, :class:`ServerStatus`).
 from __future__ import annotations
 
 import html
+import os
 import sys
 import time
 from typing import IO, Any, Iterable, Mapping
@@ -233,7 +234,7 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
 
 
 def _status_caption(status: Mapping[int, Mapping[str, Any]]) -> str:
-    logs = {str(state["log"]).rsplit("/", 1)[0] for state in status.values() if state.get("log")}
+    logs = {os.path.dirname(str(state["log"])) for state in status.values() if state.get("log")}
     return "CASA server status" + (f" (logs in {logs.pop()})" if len(logs) == 1 else "")
 
 
