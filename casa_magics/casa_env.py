@@ -11,8 +11,8 @@ never into the current directory.
 The log file name comes from the environment variable
 ``CASA_MAGICS_CASA_LOGFILE`` when CASA is imported. Its value may contain
 ``{server}`` (the value of ``CASA_MAGICS_SERVER_ID``), ``{rank}`` (the MPI
-rank) and ``{pid}``. When CASA is already imported,
-:func:`configure_casa_logfile` moves the log to a new file instead.
+rank) and ``{pid}``; servers get their ID before any command runs, so before
+CASA can be imported there.
 
 Nothing here imports ``casatools``, so this module imports fine without the
 ``casa`` extra.
@@ -38,7 +38,6 @@ __all__ = [
     "casa_environment",
     "prepare_client_process",
     "expand_logfile",
-    "configure_casa_logfile",
 ]
 
 #: Environment variable holding the CASA log file name (template) of an engine.
@@ -278,50 +277,3 @@ def expand_logfile(template: str, environ: Mapping[str, str] | None = None) -> s
     rank = next((environ[v] for v in _RANK_VARIABLES if v in environ), "0")
     server = environ.get("CASA_MAGICS_SERVER_ID") or f"pid{os.getpid()}"
     return template.replace("{server}", server).replace("{rank}", rank).replace("{pid}", str(os.getpid()))
-
-
-def configure_casa_logfile(path: str | os.PathLike[str]) -> Path:
-    """Send this process's CASA log to ``path``.
-
-    Before CASA is imported this only sets ``CASA_MAGICS_CASA_LOGFILE``, and
-    the site config picks it up at import. After the import the global CASA
-    log sink is switched to ``path``; a log file that the site config chose
-    earlier is copied to the start of the new file and removed, so each
-    server has one log. (Messages sent through ``logsink`` objects made
-    before the switch, such as ``casatools.logger``, still go to the old
-    name.) A log file named in the user's own config is left alone.
-
-    Parameters
-    ----------
-    path : str or path-like
-        New log file; its directory is created if missing.
-
-    Returns
-    -------
-    pathlib.Path
-        The absolute path of the log file.
-    """
-    new = Path(path).resolve()
-    new.parent.mkdir(parents=True, exist_ok=True)
-    previous_template = os.environ.get(LOGFILE_ENV)
-    os.environ[LOGFILE_ENV] = str(new)
-    config = sys.modules.get("casaconfig.config")
-    if config is None:  # CASA not configured yet: the site config reads the variable
-        return new
-    old = getattr(config, "logfile", None)
-    config.logfile = str(new)  # read by a later "import casatools" / "import casatasks"
-    if "casatools" not in sys.modules:
-        return new
-    # Only casatasks.casalog can be moved: a logsink(name) made after the
-    # first one keeps writing to the first file. Importing casatasks posts
-    # its start-up lines to the old file, so import it before copying that.
-    import casatasks
-
-    ours = bool(previous_template) and Path(expand_logfile(previous_template)) == Path(old or "")
-    old_path = Path(old) if old else None
-    if ours and old_path is not None and old_path != new and old_path.is_file() and not new.exists():
-        new.write_bytes(old_path.read_bytes())
-        old_path.unlink()
-    casatasks.casalog.setlogfile(str(new))
-    casatasks.casalog.setglobal(True)
-    return new

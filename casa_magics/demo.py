@@ -13,6 +13,7 @@ import sys
 import time
 
 from casa_magics import MPICommandClient, MPIEnvironment
+from casa_magics.display import responses_text, status_text
 
 __all__ = ["main"]
 
@@ -38,14 +39,11 @@ CLOSE_MS = "closed = opened; del opened"
 
 
 def show(title: str, responses: list[dict]) -> None:
-    """Print responses as a small table, then any tracebacks."""
-    print(f"\n{title}")
-    print(f"  {'id':>3} {'server':>6} {'status':<18} {'ok':<5} {'seconds':>7}  ret")
+    """Print responses as the magics' text table, then any tracebacks."""
+    print(f"\n{title}\n{responses_text(responses)}")
     for r in responses:
-        seconds = (r["command_stop_time"] or 0) - (r["command_start_time"] or 0)
-        print(f"  {r['id']:>3} {r['server']!s:>6} {r['status']:<18} {r['successful']!s:<5} {seconds:>7.3f}  {r['ret']!r}")
         if r["traceback"]:
-            print("      " + r["traceback"].strip().replace("\n", "\n      "))
+            print(f"request {r['id']}:\n{r['traceback']}")
 
 
 def main() -> int:
@@ -77,9 +75,7 @@ def main() -> int:
         show("Example 2: close", closed)
 
         failed = [r for r in resultList + filtered + closed if not r["successful"]]
-        print("\nServer status:")
-        for server, state in client.get_server_status().items():
-            print(f"  server {server}: rank {state['rank']}, host {state['processor']}, pid {state['pid']}, busy {state['busy']}")
+        print(f"\n{status_text(client.get_server_status())}")
         return 1 if failed else 0
     finally:
         client.stop_services()

@@ -236,8 +236,7 @@ class Dispatcher:
         except ipp_error.RemoteError as error:
             if error.ename == "EngineError":  # ipyparallel wraps a dead engine's stranded messages
                 lost = f"its engine died ({error.evalue})"
-            failure = error.render_traceback() if hasattr(error, "render_traceback") else str(error)
-            failure = "\n".join(failure) if isinstance(failure, list) else failure
+            failure = "\n".join(error.render_traceback())
         except Exception as error:  # e.g. a result that could not be unpickled here
             failure = f"{type(error).__name__}: {error}"
         with self._lock:
@@ -324,7 +323,6 @@ class Dispatcher:
         """Look at every server once: is its process alive, is it answering?"""
         import psutil
 
-        here = os.uname().nodename
         registered = set(self.session.client.ids)
         now = time.time()
         for server in list(self._servers.values()):
@@ -334,7 +332,7 @@ class Dispatcher:
             stopped = False
             if server.info.engine not in registered:
                 why_lost = "its engine unregistered from the controller"
-            elif server.info.host == here:
+            elif server.info.on_this_host:
                 try:
                     status = psutil.Process(server.info.pid).status()
                 except psutil.NoSuchProcess:
@@ -481,7 +479,7 @@ class Dispatcher:
     # ------------------------------------------------------------ cancelling
     def _board(self, server: _Server) -> CancelBoard | None:
         """The server's cancel board, if client and server share a host."""
-        if server.info.host != os.uname().nodename:
+        if not server.info.on_this_host:
             return None
         board = self._boards.get(server.info.server)
         if board is None:

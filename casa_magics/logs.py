@@ -57,7 +57,7 @@ def casa_log_tail(server: int, lines: int = 20, session: ClusterSession | None =
     session = session or current_session()
     path = server_log_path(session, server)
     info = session.servers.info(server)
-    if info.host == os.uname().nodename:
+    if info.on_this_host:
         return read_tail(path, lines)
     # Another host: the server reads its own file.
     view = session.client[info.engine]

@@ -9,6 +9,7 @@ MPI rank + 1. This module is the only place a server ID becomes an engine ID.
 
 from __future__ import annotations
 
+import socket
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -28,6 +29,11 @@ class ServerInfo:
     rank: int | None
     host: str
     pid: int
+
+    @property
+    def on_this_host(self) -> bool:
+        """True when the server runs on the client's machine (its process can be seen and signalled)."""
+        return self.host == socket.gethostname()
 
 
 class ServerMap:

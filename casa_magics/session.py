@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -119,17 +118,10 @@ def _mpi_usable(mpiexec: str) -> str | None:
     return None
 
 
-def _launcher_flavour_args(mpiexec: str) -> list[str]:
-    """Arguments that keep the other servers alive when one dies.
-
-    MPICH's hydra kills a whole job when one process dies; casampi's servers
-    survive each other, and so must ours.
-    """
+def _is_hydra(mpiexec: str) -> bool:
+    """True for MPICH's launcher (hydra), whose arguments differ from OpenMPI's."""
     path = find_mpiexec(mpiexec) or mpiexec
-    resolved = os.path.realpath(path)
-    if "hydra" in resolved or Path(path).with_name("hydra_pmi_proxy").exists():
-        return ["-disable-auto-cleanup"]
-    return []
+    return "hydra" in os.path.realpath(path) or Path(path).with_name("hydra_pmi_proxy").exists()
 
 
 def _profile_connection_file(profile: str, cluster_id: str) -> Path:
@@ -239,9 +231,11 @@ class ClusterSession:
             engine_kwargs["engine_cmd"] = list(engine_command)
         if why_not is None:
             engines = "mpi"
-            mpi_args = _launcher_flavour_args(settings.mpiexec) + extra_args
+            hydra = _is_hydra(settings.mpiexec)
+            # hydra kills a whole job when one process dies; casampi's servers survive each other.
+            mpi_args = (["-disable-auto-cleanup"] if hydra else []) + extra_args
             if hostfile:
-                mpi_args += (["-f"] if _launcher_flavour_args(settings.mpiexec) else ["--hostfile"]) + [hostfile]
+                mpi_args += ["-f" if hydra else "--hostfile", hostfile]
             # Each rank is a keeper running the engine, so one server's death is not the job's.
             engine_kwargs.update(
                 mpi_cmd=[find_mpiexec(settings.mpiexec)],
@@ -415,10 +409,9 @@ class ClusterSession:
         """Wait up to ``grace`` seconds for this host's engines, then kill what is left."""
         import psutil
 
-        here = os.uname().nodename
         processes = []
         for info in self.servers:
-            if info.host == here:
+            if info.on_this_host:
                 try:
                     processes.append(psutil.Process(info.pid))
                 except psutil.NoSuchProcess:
