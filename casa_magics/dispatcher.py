@@ -240,38 +240,49 @@ class Dispatcher:
         except Exception as error:  # e.g. a result that could not be unpickled here
             failure = f"{type(error).__name__}: {error}"
         with self._lock:
-            message.result = None
             try:
-                server.in_flight.remove(message)
-            except ValueError:
-                pass
-            server.head_since = time.time() if server.in_flight else None
-            if lost is not None:
-                server.in_flight.appendleft(message)  # answered with the rest of the server's work
-                self._lose(server, lost)
-                return
-            finished = []
-            if outcomes is not None:
-                for request, outcome in zip(message.requests, outcomes):
-                    if request.status == CANCELLED:
-                        continue
-                    request.record_outcome(outcome)
-                    if outcome.get("cancelled") or (request.id in self._cancel_asked and not outcome["successful"]):
-                        request.status = CANCELLED
-                    self._cancel_asked.discard(request.id)
-                    self._learn_duration(outcome)
+                self._take_answer(server, message, outcomes, failure, lost)
+            finally:
+                # ipyparallel may keep the finished AsyncResult (and so this callback and
+                # message) a while longer: the requests must not be held through it.
+                message.result = None
+                message.requests = []
+
+    def _take_answer(
+        self, server: _Server, message: _Message, outcomes: list[dict] | None, failure: str | None, lost: str | None
+    ) -> None:
+        """Record a message's answer (lock held)."""
+        try:
+            server.in_flight.remove(message)
+        except ValueError:
+            pass
+        server.head_since = time.time() if server.in_flight else None
+        if lost is not None:
+            server.in_flight.appendleft(message)  # answered with the rest of the server's work
+            self._lose(server, lost)
+            return
+        finished = []
+        if outcomes is not None:
+            for request, outcome in zip(message.requests, outcomes):
+                if request.status == CANCELLED:
+                    continue
+                request.record_outcome(outcome)
+                if outcome.get("cancelled") or (request.id in self._cancel_asked and not outcome["successful"]):
+                    request.status = CANCELLED
+                self._cancel_asked.discard(request.id)
+                self._learn_duration(outcome)
+                finished.append(request.id)
+        else:
+            for request in message.requests:
+                if request.status != CANCELLED:
+                    request.record_failure(RECEIVED, failure or "the server's answer could not be read")
                     finished.append(request.id)
-            else:
-                for request in message.requests:
-                    if request.status != CANCELLED:
-                        request.record_failure(RECEIVED, failure or "the server's answer could not be read")
-                        finished.append(request.id)
-            # An answer is a sign of life: a server that had timed out is back.
-            server.timed_out = False
-            server.silent_since = None
-            self._notify(finished)
-            self._pump(server)
-            self._assign()
+        # An answer is a sign of life: a server that had timed out is back.
+        server.timed_out = False
+        server.silent_since = None
+        self._notify(finished)
+        self._pump(server)
+        self._assign()
 
     def _learn_duration(self, outcome: dict) -> None:
         duration = max(0.0, outcome["command_stop_time"] - outcome["command_start_time"])
