@@ -34,14 +34,16 @@ class CompiledCommand:
     mode : {'eval', 'exec'}
         ``'eval'`` when the command is one expression (its value becomes the
         response's ``ret``), else ``'exec'``.
-    call_with_parameters : bool
-        True when the command is a call with no arguments, like
-        ``"wvrgcal()"``, so parameters become keyword arguments.
+    callee : str or None
+        For a call with no arguments, like ``"wvrgcal()"`` or
+        ``"casatasks.visstat();"``, the source of the called expression
+        (``"wvrgcal"``): pushed with parameters, it is called with them as
+        keyword arguments. None for any other command.
     """
 
     source: str
     mode: str
-    call_with_parameters: bool
+    callee: str | None
 
 
 def compile_command(command: Any) -> CompiledCommand:
@@ -68,7 +70,9 @@ def compile_command(command: Any) -> CompiledCommand:
     'eval'
     >>> compile_command("x = 1").mode
     'exec'
-    >>> compile_command("wvrgcal()").call_with_parameters
+    >>> compile_command("wvrgcal()  # see (docs)").callee
+    'wvrgcal'
+    >>> compile_command("x = 1").callee is None
     True
     """
     if not isinstance(command, str):
@@ -86,16 +90,24 @@ def _compile_text(command: str) -> CompiledCommand:
     except SyntaxError:
         pass
     else:
-        body = tree.body
-        bare_call = isinstance(body, ast.Call) and not body.args and not body.keywords
-        return CompiledCommand(command, "eval", bare_call)
+        return CompiledCommand(command, "eval", _bare_callee(command, tree.body))
     try:
-        ast.parse(command, mode="exec")
+        module = ast.parse(command, mode="exec")
     except SyntaxError as error:
         raise CommandRequestError(
             f"command {short(command)} is not valid Python: {error.msg} (line {error.lineno})"
         ) from None
-    return CompiledCommand(command, "exec", False)
+    # "f();" is one expression statement: still the call form.
+    only = module.body[0] if len(module.body) == 1 else None
+    callee = _bare_callee(command, only.value) if isinstance(only, ast.Expr) else None
+    return CompiledCommand(command, "exec", callee)
+
+
+def _bare_callee(command: str, node: ast.expr) -> str | None:
+    """Source of the function a bare call ``f()`` calls, read from the syntax tree."""
+    if not isinstance(node, ast.Call) or node.args or node.keywords:
+        return None
+    return ast.get_source_segment(command, node.func)
 
 
 def check_parameters(parameters: Any) -> dict[str, Any] | None:

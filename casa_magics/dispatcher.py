@@ -220,7 +220,7 @@ class Dispatcher:
         if not server.in_flight:
             server.head_since = message.sent
         server.in_flight.append(message)
-        message.result = server.view.apply_async(request_runner, [request.payload() for request in batch])
+        message.result = server.view.apply_async(request_runner, [request.wire() for request in batch])
         message.result.add_done_callback(lambda _future, s=server, m=message: self._on_answer(s, m))
 
     # ---------------------------------------------------------------- answers

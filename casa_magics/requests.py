@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .commands import CompiledCommand
+from .server_side import WireRequest
 
 __all__ = [
     "Request",
@@ -60,6 +61,7 @@ class Request:
         "compiled",
         "parameters",
         "target",
+        "cwd",
         "server",
         "status",
         "successful",
@@ -71,11 +73,19 @@ class Request:
         "stderr",
     )
 
-    def __init__(self, request_id: int, compiled: CompiledCommand, parameters: dict | None, target: int | None) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        compiled: CompiledCommand,
+        parameters: dict | None,
+        target: int | None,
+        cwd: str | None = None,
+    ) -> None:
         self.id = request_id
         self.compiled = compiled
         self.parameters = parameters
         self.target = target
+        self.cwd = cwd
         self.server: int | None = target
         self.status = HOLDING
         self.successful: bool | None = None
@@ -90,10 +100,10 @@ class Request:
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
-    def payload(self) -> tuple:
-        """What :func:`casa_magics.server_side.run_requests` takes for this request."""
+    def wire(self) -> WireRequest:
+        """This request as sent to a server (see :class:`~casa_magics.server_side.WireRequest`)."""
         c = self.compiled
-        return (self.id, c.source, c.mode, c.call_with_parameters, self.parameters)
+        return WireRequest(self.id, c.source, c.mode, c.callee, self.parameters, self.cwd)
 
     def record_outcome(self, outcome: dict[str, Any]) -> None:
         """Store what the server sent back."""

@@ -16,11 +16,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
 
-__all__ = ["run_requests", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["WireRequest", "run_requests", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -28,6 +28,31 @@ STREAM_LIMIT = 1_000_000
 _FILENAME = "<casa command>"
 _fallback_namespace: dict[str, Any] = {"__name__": "__main__"}
 _board: CancelBoard | None = None  # set by prepare_engine
+
+
+class WireRequest(NamedTuple):
+    """One request as it travels from the client to a server.
+
+    The client packs it (:meth:`casa_magics.requests.Request.wire`) and
+    :func:`run_requests` unpacks it here; this is the only definition of
+    the shape. Everything that can be decided on the client is decided
+    there: the mode, and which callable a bare call names.
+    """
+
+    #: Request ID (unique in the client).
+    id: int
+    #: The command as pushed.
+    source: str
+    #: ``'eval'`` (the value is returned) or ``'exec'``.
+    mode: str
+    #: Source of the callable of a bare call like ``"wvrgcal()"``; with
+    #: parameters it is called as ``callee(**parameters)``. None otherwise.
+    callee: str | None
+    #: Names placed in the namespace for this command only.
+    parameters: dict[str, Any] | None
+    #: Directory to run the command in (then the server returns to its
+    #: own), or None to run wherever the server is.
+    cwd: str | None = None
 
 
 def user_namespace() -> dict[str, Any]:
@@ -97,23 +122,29 @@ def _format_failure(error: BaseException) -> str:
     return "".join(lines)
 
 
-def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:
-    request_id, source, mode, call_with_parameters, parameters = request
+def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
+    request_id, source, mode, callee, parameters, cwd = request
     saved: dict[str, Any] = {}
     missing = object()
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
     sys.stdout, sys.stderr = out, err
     outcome: dict[str, Any] = {"id": request_id, "successful": False, "ret": None, "traceback": None}
     start = time.time()
+    home = None
     try:
+        if cwd is not None and cwd != os.getcwd():
+            home = os.getcwd()
+            os.chdir(cwd)
         if parameters:
             for name, value in parameters.items():
                 saved[name] = namespace.get(name, missing)
                 namespace[name] = value
         code = compile(source, _FILENAME, mode)
-        if mode == "eval" and call_with_parameters and parameters:
-            function = eval(compile(source[: source.rindex("(")], _FILENAME, "eval"), namespace)
+        if callee is not None and parameters:
+            function = eval(compile(callee, _FILENAME, "eval"), namespace)
             value = function(**parameters)
+            if mode == "exec":  # "f();" returns nothing, as any statement
+                value = None
         elif mode == "eval":
             value = eval(code, namespace)
         else:
@@ -132,6 +163,11 @@ def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:
     finally:
         outcome["command_stop_time"] = time.time()
         sys.stdout, sys.stderr = out.stream, err.stream
+        if home is not None:
+            try:
+                os.chdir(home)
+            except OSError:  # the command removed it: stay where the command left us
+                pass
         for name, value in saved.items():
             if value is missing:
                 namespace.pop(name, None)
@@ -143,10 +179,10 @@ def _run_one(request: tuple, namespace: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
-def _skipped(request: tuple) -> dict[str, Any]:
+def _skipped(request: WireRequest) -> dict[str, Any]:
     now = time.time()
     return {
-        "id": request[0],
+        "id": request.id,
         "successful": False,
         "ret": None,
         "traceback": "cancelled by the client before it started",
@@ -167,13 +203,13 @@ def _interrupt_if_meant(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"request {cancelled} was cancelled by the client")
 
 
-def run_requests(requests: list[tuple]) -> list[dict[str, Any]]:
+def run_requests(requests: list[WireRequest]) -> list[dict[str, Any]]:
     """Run requests in order and return one outcome dict for each.
 
     Parameters
     ----------
-    requests : list of tuple
-        ``(request_id, source, mode, call_with_parameters, parameters)``.
+    requests : list of WireRequest
+        As packed by the client.
 
     Returns
     -------
@@ -193,8 +229,8 @@ def run_requests(requests: list[tuple]) -> list[dict[str, Any]]:
             try:
                 # "running" first, then the check: a cancel the client makes in between is seen
                 # either here (skip) or by the client (interrupt), never by neither.
-                board.running = request[0]
-                if board.is_cancelled(request[0]):
+                board.running = request.id
+                if board.is_cancelled(request.id):
                     board.running = 0
                     outcomes.append(_skipped(request))
                 else:
@@ -240,7 +276,7 @@ class _RequestRunner:
     ipyparallel's.
     """
 
-    def __call__(self, requests: list[tuple]) -> list[dict[str, Any]]:
+    def __call__(self, requests: list[WireRequest]) -> list[dict[str, Any]]:
         return run_requests(requests)
 
     def __reduce__(self) -> str:

@@ -266,3 +266,17 @@ def test_forgotten_requests_become_unknown(client):
     assert client.forget_command_responses(ids) == ids
     with pytest.raises(CommandRequestError, match=rf"unknown request ID {ids[0]}"):
         client.get_command_response(ids)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["kw()  # see (docs)", "kw( )", "kw();", "(kw)()", "tools.kw()"],
+)
+def test_bare_call_forms_call_the_named_callable_with_parameters(client, command):
+    define = "def kw(**named):\n    global seen\n    seen = sorted(named.items())\n    return seen\n"
+    push(client, define + "class tools: kw = staticmethod(kw)", target_server=1)
+    (response,) = push(client, command, target_server=1, parameters={"a": 5, "b": "(x)"})
+    assert response["successful"], response["traceback"]
+    called_with = [("a", 5), ("b", "(x)")]
+    assert response["ret"] == (None if command.endswith(";") else called_with)
+    assert push(client, "seen", target_server=1)[0]["ret"] == called_with
