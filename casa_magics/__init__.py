@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from .casampi_layer import casampi_enabled, disable_casampi, enable_casampi
 from .client import CommandClient, MPICommandClient
 from .environment import MPIEnvironment
 from .errors import ClusterError, CommandRequestError
@@ -31,6 +32,9 @@ __all__ = [
     "CommandRequestError",
     "ClusterError",
     "ClusterSession",
+    "enable_casampi",
+    "disable_casampi",
+    "casampi_enabled",
     "ServerMap",
     "current_session",
     "set_current_session",

@@ -8,6 +8,7 @@ methods, arguments and response dicts. Behind it is a :class:`ClusterSession`
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -17,12 +18,23 @@ from .commands import check_parameters, compile_command, short
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
 
-__all__ = ["CommandClient", "MPICommandClient", "LOG_MODES"]
+__all__ = ["CommandClient", "MPICommandClient", "LOG_MODES", "CASA_LOG_LEVELS"]
 
 log = logging.getLogger("casa_magics")
 
 #: Log modes casampi accepts; all are accepted (servers log to their own files here).
 LOG_MODES = ("unified", "redirect", "separated", "console")
+
+#: CASA log priorities :meth:`CommandClient.set_log_level` accepts (casampi's list).
+CASA_LOG_LEVELS = (
+    ("DEBUG", "DEBUG1", "DEBUG2", "NORMAL")
+    + tuple(f"NORMAL{i}" for i in range(1, 6))
+    + ("INFO",)
+    + tuple(f"INFO{i}" for i in range(1, 6))
+)
+
+#: Life-cycle states of :meth:`CommandClient.get_lifecyle_state`, as in casampi.
+NOT_STARTED, STARTED, STOPPED = 0, 1, 2
 
 
 class CommandClient:
@@ -44,7 +56,11 @@ class CommandClient:
         self._dispatcher: Dispatcher | None = None
         self._lock = threading.RLock()
         self._log_mode = "unified"
-        self._log_level = "INFO"
+        self._log_level: str | None = None  # the servers' per-request CASA log notes; None: none asked
+        self._stopped_once = False
+        #: Run every request in this process's current directory on its server
+        #: (what casampi jobs expect; turned on by :func:`casa_magics.enable_casampi`).
+        self.follow_cwd = False
 
     # ---------------------------------------------------------------- set-up
     def set_log_mode(self, mode: str) -> None:
@@ -58,11 +74,41 @@ class CommandClient:
         self._log_mode = mode
 
     def set_log_level(self, level: str) -> None:
-        """Set the level of casa_magics' own log messages (e.g. ``'INFO'``, ``'DEBUG'``)."""
-        if not isinstance(level, str) or not isinstance(logging.getLevelName(level.upper()), int):
+        """Set the CASA log priority at which servers note each request they run.
+
+        As in casampi: every server writes a line per request into its CASA
+        log (``casa-server-<id>.log``) at this priority, once CASA is
+        imported there. ``'DEBUG'`` hides the lines under CASA's default
+        filter; ``'INFO'`` (or ``'NORMAL'``) shows them.
+
+        Parameters
+        ----------
+        level : str
+            One of :data:`CASA_LOG_LEVELS`.
+        """
+        if not isinstance(level, str) or level.upper() not in CASA_LOG_LEVELS:
             raise CommandRequestError(f"unknown log level {short(level)}")
         self._log_level = level.upper()
-        log.setLevel(self._log_level)
+        with self._lock:
+            dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.session.set_command_log_level(self._log_level)
+
+    @property
+    def log_level(self) -> str | None:
+        """The level last given to :meth:`set_log_level` (None if never)."""
+        return self._log_level
+
+    def get_lifecyle_state(self) -> int:
+        """casampi's life-cycle state (its spelling): 0 not started, 1 started, 2 stopped.
+
+        Unlike casampi, a stopped client starts again when asked.
+        """
+        with self._lock:
+            running = self._dispatcher is not None and not self._dispatcher.session.stopped
+        if running:
+            return STARTED
+        return STOPPED if self._stopped_once else NOT_STARTED
 
     def start_services(self) -> None:
         """Bring up the servers (start or connect the cluster) and the dispatcher.
@@ -78,6 +124,8 @@ class CommandClient:
                 self._dispatcher = None
             if self._dispatcher is None:
                 session = self._given_session or _session.current_session()
+                if self._log_level is not None:
+                    session.set_command_log_level(self._log_level)
                 self._dispatcher = Dispatcher(session, session.settings.server_timeout)
             return self._dispatcher
 
@@ -99,6 +147,7 @@ class CommandClient:
         """
         with self._lock:
             dispatcher, self._dispatcher = self._dispatcher, None
+            self._stopped_once = self._stopped_once or dispatcher is not None
         cut = dispatcher.close() if dispatcher is not None else []
         if cut:
             log.warning("stop_services cut short requests %s", cut)
@@ -153,7 +202,7 @@ class CommandClient:
         checked = check_parameters(parameters)
         dispatcher = self._services()
         targets = dispatcher.session.servers.parse_targets(target_server)
-        ids = dispatcher.push(compiled, checked, targets)
+        ids = dispatcher.push(compiled, checked, targets, os.getcwd() if self.follow_cwd else None)
         if block:
             return dispatcher.responses(ids, block=True)
         return ids
@@ -188,6 +237,8 @@ class CommandClient:
         if not isinstance(block, bool):
             raise CommandRequestError(f"block must be True or False, got {short(block)}")
         ids = flatten_request_ids(command_request_id_list)
+        if not ids:
+            return []
         return self._services().responses(ids, block=block, timeout=timeout)
 
     def get_command_response_event(self, command_request_id_list: int | list) -> threading.Event:

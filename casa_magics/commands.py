@@ -23,6 +23,10 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: casampi's command that stores its parameters in the server's namespace.
+PUSH_COMMAND = "push"
+
+
 @dataclass(frozen=True)
 class CompiledCommand:
     """A command string and how a server should run it.
@@ -31,9 +35,10 @@ class CompiledCommand:
     ----------
     source : str
         The command as pushed.
-    mode : {'eval', 'exec'}
+    mode : {'eval', 'exec', 'push'}
         ``'eval'`` when the command is one expression (its value becomes the
-        response's ``ret``), else ``'exec'``.
+        response's ``ret``), ``'push'`` for casampi's command ``"push"``
+        (the parameters stay in the server's namespace), else ``'exec'``.
     callee : str or None
         For a call with no arguments, like ``"wvrgcal()"`` or
         ``"casatasks.visstat();"``, the source of the called expression
@@ -85,6 +90,8 @@ def _compile_text(command: str) -> CompiledCommand:
     # Scripts push the same few command strings many times: parse each once.
     if not command.strip():
         raise CommandRequestError(f"command must not be empty, got {command!r}")
+    if command == PUSH_COMMAND:
+        return CompiledCommand(command, "push", None)
     try:
         tree = ast.parse(command, mode="eval")
     except SyntaxError:

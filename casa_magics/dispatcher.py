@@ -61,11 +61,12 @@ _ESTIMATE_WEIGHT = 0.2  # weight of the newest command in the running mean durat
 def flatten_request_ids(request_ids: Any) -> list[int]:
     """Accept an ID, a list of IDs, or a list of such lists, and return a flat list.
 
+    An empty list gives an empty list, as in casampi.
+
     Raises
     ------
     CommandRequestError
-        For anything that is not a positive int or a (nested) list of them,
-        and for an empty list.
+        For anything that is not a positive int or a (nested) list of them.
     """
     flat: list[int] = []
 
@@ -81,8 +82,6 @@ def flatten_request_ids(request_ids: Any) -> list[int]:
             flat.append(item)
 
     walk(request_ids)
-    if not flat:
-        raise CommandRequestError(f"no request IDs given: {short(request_ids)}")
     return flat
 
 
@@ -155,8 +154,13 @@ class Dispatcher:
         self._watchdog.start()
 
     # ----------------------------------------------------------------- pushing
-    def push(self, compiled: CompiledCommand, parameters: dict | None, targets: list[int] | None) -> list[int]:
-        """Create requests (one per target, or one for any server) and send what can go now."""
+    def push(
+        self, compiled: CompiledCommand, parameters: dict | None, targets: list[int] | None, cwd: str | None = None
+    ) -> list[int]:
+        """Create requests (one per target, or one for any server) and send what can go now.
+
+        With ``cwd``, each request runs in that directory on its server.
+        """
         with self._lock:
             if self._closed.is_set():
                 raise CommandRequestError("the client's services are stopped: call start_services() first")
@@ -171,7 +175,7 @@ class Dispatcher:
                         raise CommandRequestError(f"server {target} cannot take requests: {why}")
             created = []
             for target in targets or [None]:
-                request = Request(next(self._ids), compiled, parameters, target)
+                request = Request(next(self._ids), compiled, parameters, target, cwd)
                 self._requests[request.id] = request
                 created.append(request)
                 if target is None:

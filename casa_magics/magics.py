@@ -30,6 +30,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .casampi_layer import enable_casampi
 from .client import MPICommandClient
 from .commands import compile_command, short
 from .display import ProgressBar, ResponseList, ServerStatus, echo_streams
@@ -238,6 +239,12 @@ class CasaMagics(Magics):
     @argument("--profile", metavar="P", help="connect: the IPython profile given to ipcluster")
     @argument("--cluster-id", metavar="C", help="connect: the cluster ID given to ipcluster")
     @argument("--connection-file", metavar="F", help="connect: path of the cluster's ipcontroller-client.json")
+    @argument(
+        "--casampi",
+        action="store_true",
+        help="start, connect: also run casatasks' own parallel code (Multi-MS tasks, tclean(parallel=True)) "
+        "on the servers, as casa_magics.enable_casampi() does",
+    )
     @line_magic
     def casa_cluster(self, line: str) -> Any:
         """Start, connect to, stop or describe the cluster of CASA servers.
@@ -260,6 +267,12 @@ class CasaMagics(Magics):
 
         In [2]: %casa_cluster stop
         Stopped embedded cluster of 2 MPI servers.
+
+        With ``--casampi``, casatasks' Multi-MS tasks and
+        ``tclean(parallel=True)`` use the servers too (see
+        :func:`casa_magics.enable_casampi`)::
+
+            In [3]: %casa_cluster start -n 4 --casampi
         """
         args = parse_argstring(self.casa_cluster, line)
         allowed = {
@@ -272,6 +285,12 @@ class CasaMagics(Magics):
             if getattr(args, name) is not None and name not in allowed:
                 option = "-n" if name == "n" else "--" + name.replace("_", "-")
                 raise UsageError(f"{option} does not apply to %casa_cluster {args.action}")
+        if args.casampi:
+            if args.action not in ("start", "connect"):
+                raise UsageError(f"--casampi does not apply to %casa_cluster {args.action}")
+            self._refuse_second_cluster()
+            if not enable_casampi():
+                raise UsageError("--casampi: a real casampi is installed and stays in charge")
         return getattr(self, "_cluster_" + args.action)(args)
 
     def _refuse_second_cluster(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
 
-__all__ = ["WireRequest", "run_requests", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["WireRequest", "run_requests", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -28,6 +28,12 @@ STREAM_LIMIT = 1_000_000
 _FILENAME = "<casa command>"
 _fallback_namespace: dict[str, Any] = {"__name__": "__main__"}
 _board: CancelBoard | None = None  # set by prepare_engine
+#: CASA log priority at which each request is noted in the server's CASA log
+#: (once CASA is imported there); None notes nothing. See set_command_log_level.
+_command_log_level: str | None = None
+
+#: The value of ``CASA_MAGICS_ROLE`` in a server's environment, set when it is launched.
+SERVER_ROLE = "server"
 
 
 class WireRequest(NamedTuple):
@@ -43,7 +49,8 @@ class WireRequest(NamedTuple):
     id: int
     #: The command as pushed.
     source: str
-    #: ``'eval'`` (the value is returned) or ``'exec'``.
+    #: ``'eval'`` (the value is returned), ``'exec'``, or ``'push'`` (the
+    #: parameters are kept in the namespace; nothing runs).
     mode: str
     #: Source of the callable of a bare call like ``"wvrgcal()"``; with
     #: parameters it is called as ``callee(**parameters)``. None otherwise.
@@ -131,24 +138,29 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
     outcome: dict[str, Any] = {"id": request_id, "successful": False, "ret": None, "traceback": None}
     start = time.time()
     home = None
+    _note_in_casa_log(request)
     try:
-        if cwd is not None and cwd != os.getcwd():
+        if cwd is not None and cwd != os.getcwd() and os.path.isdir(cwd):
             home = os.getcwd()
             os.chdir(cwd)
+        if mode == "push":  # casampi's "push": the parameters stay
+            namespace.update(parameters or {})
+            parameters = None
         if parameters:
             for name, value in parameters.items():
                 saved[name] = namespace.get(name, missing)
                 namespace[name] = value
-        code = compile(source, _FILENAME, mode)
-        if callee is not None and parameters:
+        if mode == "push":
+            value = None
+        elif callee is not None and parameters:
             function = eval(compile(callee, _FILENAME, "eval"), namespace)
             value = function(**parameters)
             if mode == "exec":  # "f();" returns nothing, as any statement
                 value = None
         elif mode == "eval":
-            value = eval(code, namespace)
+            value = eval(compile(source, _FILENAME, mode), namespace)
         else:
-            exec(code, namespace)
+            exec(compile(source, _FILENAME, mode), namespace)
             value = None
         try:
             pickle.dumps(value, protocol=5, buffer_callback=_discard)
@@ -177,6 +189,26 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
     outcome["stdout"] = out.text()
     outcome["stderr"] = err.text()
     return outcome
+
+
+def _note_in_casa_log(request: WireRequest) -> None:
+    """Note a request in this server's CASA log, as casampi's servers do."""
+    casatasks = sys.modules.get("casatasks") if _command_log_level else None
+    if casatasks is None:
+        return
+    vis = (request.parameters or {}).get("vis")
+    on = f" on {vis}" if isinstance(vis, str) else ""
+    message = f"server {os.environ.get('CASA_MAGICS_SERVER_ID', '?')} runs request {request.id}{on}: {request.source}"
+    try:
+        casatasks.casalog.post(message, _command_log_level, "casa_magics")
+    except Exception:  # a log line is never worth a failed request
+        pass
+
+
+def set_command_log_level(level: str | None) -> None:
+    """Set the CASA log priority of the per-request notes (None: no notes)."""
+    global _command_log_level
+    _command_log_level = level
 
 
 def _skipped(request: WireRequest) -> dict[str, Any]:
@@ -258,6 +290,7 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
         os.environ.setdefault(name, value)
     os.environ["CASA_MAGICS_SERVER_ID"] = str(server_id)
     os.environ["CASA_MAGICS_RUN_DIR"] = run_dir
+    os.environ["CASA_MAGICS_ROLE"] = SERVER_ROLE  # for engines started by hand (ipcluster)
     user_namespace()[SERVER_ID_NAME] = server_id
     global _board
     try:
@@ -265,6 +298,37 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
         _board = CancelBoard(board_path(run_dir, server_id), create=True)
     except OSError:  # no shared run directory here: requests can then only be cancelled before sending
         _board = None
+
+
+#: What casampi's servers offer casatasks' jobs besides the tasks themselves.
+_CASAMPI_MODULES = ("os", "sys", "time", "traceback", "subprocess", "tempfile", "uuid")
+
+
+def provide_casampi_namespace(command_log_level: str) -> list[str]:
+    """Give the namespace what casampi's servers give casatasks' jobs.
+
+    Imports ``casatasks`` and adds every task (``from casatasks import *``),
+    ``casalog`` and a few standard modules. Names the user already defined
+    are left as they are. Requests are from now on noted in the CASA log.
+
+    Returns
+    -------
+    list of str
+        The names that were added.
+    """
+    import importlib
+
+    import casatasks
+
+    namespace = user_namespace()
+    offered = {name: getattr(casatasks, name) for name in getattr(casatasks, "__all__", ())}
+    offered["casalog"] = casatasks.casalog
+    offered.update((name, importlib.import_module(name)) for name in _CASAMPI_MODULES)
+    added = [name for name in offered if name not in namespace]
+    for name in added:
+        namespace[name] = offered[name]
+    set_command_log_level(command_log_level)
+    return added
 
 
 class _RequestRunner:

@@ -23,7 +23,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ipyparallel as ipp
 
@@ -31,7 +31,7 @@ from . import casa_env
 from .config import Settings, load_settings
 from .errors import ClusterError
 from .server_map import ServerMap
-from .server_side import engine_identity, prepare_engine
+from .server_side import SERVER_ROLE, engine_identity, prepare_engine, set_command_log_level
 
 __all__ = [
     "ClusterSession",
@@ -40,6 +40,8 @@ __all__ = [
     "has_current_session",
     "visible_clusters",
     "default_run_dir",
+    "add_server_setup",
+    "remove_server_setup",
 ]
 
 log = logging.getLogger("casa_magics")
@@ -223,7 +225,8 @@ class ClusterSession:
         extra_args = list(settings.mpiexec_args if mpiexec_args is None else mpiexec_args)
 
         run_dir = default_run_dir(settings)
-        environment = casa_env.casa_environment(run_dir)
+        # The role is fixed at launch: casa_magics in an engine knows it is a server.
+        environment = {**casa_env.casa_environment(run_dir), "CASA_MAGICS_ROLE": SERVER_ROLE}
 
         why_not = _mpi_usable(settings.mpiexec)
         engine_kwargs: dict[str, Any] = {"environment": environment}
@@ -360,7 +363,7 @@ class ClusterSession:
 
     # ------------------------------------------------------------------ state
     def _prepare_servers(self) -> None:
-        """Give every engine its server ID, run directory and CASA set-up."""
+        """Give every engine its server ID, run directory and CASA set-up, then run the server setups."""
         environment = casa_env.casa_environment(self.run_dir)
         pending = [
             self.client[info.engine].apply_async(prepare_engine, info.server, str(self.run_dir), environment)
@@ -368,6 +371,27 @@ class ClusterSession:
         ]
         for result in pending:
             result.get(timeout=self.settings.start_timeout)
+        for setup in list(_server_setups):
+            setup(self)
+
+    def run_on_servers(self, function: Any, *args: Any, timeout: float | None = None) -> dict[int, Any]:
+        """Call ``function(*args)`` once on every registered server and wait.
+
+        Returns ``{server_id: result}``. Engines run it in order with the
+        requests sent before it, so it never overlaps a running command.
+        """
+        timeout = self.settings.start_timeout if timeout is None else timeout
+        registered = set(self.client.ids)
+        pending = {
+            info.server: self.client[info.engine].apply_async(function, *args)
+            for info in self.servers
+            if info.engine in registered
+        }
+        return {server: result.get(timeout=timeout) for server, result in pending.items()}
+
+    def set_command_log_level(self, level: str | None) -> None:
+        """CASA log priority at which every server notes each request (None: no notes)."""
+        self.run_on_servers(set_command_log_level, level)
 
     @property
     def owns_cluster(self) -> bool:
@@ -424,6 +448,26 @@ class ClusterSession:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return f"<ClusterSession {self.description}, {len(self.servers)} servers, {state}>"
+
+
+#: Called with every new session once its servers are prepared (see add_server_setup).
+_server_setups: list[Callable[[ClusterSession], None]] = []
+
+
+def add_server_setup(setup: Callable[[ClusterSession], None]) -> None:
+    """Run ``setup(session)`` for every session from now on, as it starts or connects.
+
+    Used for state every server must have after each (re)start, such as
+    the casampi namespace. Adding the same setup twice adds it once.
+    """
+    if setup not in _server_setups:
+        _server_setups.append(setup)
+
+
+def remove_server_setup(setup: Callable[[ClusterSession], None]) -> None:
+    """Undo :func:`add_server_setup` (no error if it was not added)."""
+    if setup in _server_setups:
+        _server_setups.remove(setup)
 
 
 _current: ClusterSession | None = None

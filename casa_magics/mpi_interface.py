@@ -1,0 +1,188 @@
+"""casampi's ``MPIInterface``: the cluster object casatasks' imaging code drives.
+
+casatasks reaches the servers in two ways. Multi-MS tasks use
+:class:`~casa_magics.MPICommandClient` directly; ``tclean`` (and
+``sdintimaging``, ``deconvolve``) go through ``MPIInterface.getCluster()``
+and its ``_cluster`` attribute, whose methods (``pgc``, ``odo``,
+``check_job``, ...) are thin conveniences over the same client. Both share
+the process-wide client, session and server map.
+
+Server IDs are casampi's engine numbers here: ``get_engines()`` is
+``[1, ..., N]``, the contiguous range casatasks indexes with ``node - 1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .client import MPICommandClient
+from .environment import process_role
+
+__all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE"]
+
+#: Printed when casatasks asks the servers to join CASA's C++ MPI (cube imaging).
+CPP_MPI_NOTICE = (
+    "casa_magics: cube imaging runs serially in this process: CASA's C++ MPI cannot use "
+    "these servers (see 'Which CASA code runs in parallel' in the README)"
+)
+
+
+def _refuse_on_a_server(what: str) -> None:
+    if process_role() == "server":
+        raise RuntimeError(f"{what} is for the client: this process is a casa_magics server, where CASA runs serially")
+
+
+def _is_cpp_worker_start(command: str) -> bool:
+    """True for casatasks' ``si.initmpi()``: servers entering CASA's C++ MPI worker loop."""
+    return command.replace(" ", "").endswith(".initmpi()")
+
+
+class MPIInterfaceCore:
+    """The ``_cluster`` object of :class:`MPIInterface` (casampi's ``MPIInterfaceCore``).
+
+    Every instance works on the process-wide :class:`~casa_magics.MPICommandClient`.
+    """
+
+    def __init__(self) -> None:
+        _refuse_on_a_server("MPIInterfaceCore")
+        self._client = MPICommandClient()
+
+    # ------------------------------------------------------------ life cycle
+    def start_cluster(self, cl_file: str | None = None) -> None:
+        """Start the client's services (the cluster comes up if needed)."""
+        self._client.set_log_mode(MPIInterface._log_mode)
+        self._client.start_services()
+
+    def stop_cluster(self) -> None:
+        """Stop the client's services (and a cluster it started)."""
+        self._client.stop_services()
+
+    def get_engines(self) -> list[int]:
+        """Server IDs ``[1, ..., N]``."""
+        return list(self._client.session.servers.server_ids)
+
+    def get_nodes(self) -> list[str]:
+        """Host names the servers run on, each once."""
+        return sorted({info.host for info in self._client.session.servers})
+
+    # -------------------------------------------------------------- commands
+    def pgc(self, commands: str | dict[int, str], block: bool = True) -> list:
+        """Run a command on every server, or ``{server: command}`` each on its server.
+
+        Returns the responses (``block=True``) or the request IDs.
+        casatasks' ``si.initmpi()`` is not sent: see :data:`CPP_MPI_NOTICE`.
+        """
+        if isinstance(commands, dict):
+            ids = [self._client.push_command_request(command, False, server)[0] for server, command in commands.items()]
+            return self._client.get_command_response(ids, block, True)
+        if _is_cpp_worker_start(commands):
+            print(CPP_MPI_NOTICE, file=sys.stderr)
+            return []
+        return self._client.push_command_request(commands, block, self.get_engines())
+
+    def odo(self, job: str, nodes: int | list[int]) -> list[int]:
+        """Send a command to the given server(s) without waiting; returns request IDs."""
+        return self._client.push_command_request(job, False, nodes)
+
+    def execute(self, job: str, nodes: int | list[int]) -> list[dict[str, Any]]:
+        """Run a command on the given server(s) and return the responses."""
+        return self._client.push_command_request(job, True, nodes)
+
+    def push(self, variables: dict[str, Any], targets: Any = None) -> list[dict[str, Any]]:
+        """Define ``variables`` on the servers (all when ``targets`` is None or ``'all'``)."""
+        servers = self.get_engines() if targets is None or targets == "all" else list(targets)
+        return self._client.push_command_request("push", True, servers, dict(variables))
+
+    def pull(self, varname: str = "", targets: int | list[int] | None = None) -> dict[int, Any]:
+        """Evaluate ``varname`` on the servers: ``{server: value}`` (None where it failed)."""
+        responses = self.pgc(varname) if targets is None else self.execute(varname, targets)
+        return {response["server"]: response["ret"] for response in responses}
+
+    def check_job(self, jobId: Any, verbose: bool = True) -> bool:
+        """True once every listed request succeeded; raises if any failed.
+
+        Raises
+        ------
+        Exception
+            One exception for all failed requests, naming each one's server
+            and quoting its traceback (casampi's behaviour).
+        """
+        ids = list(jobId)
+        responses = self._client.get_command_response(ids, False, verbose)
+        failures = [r for r in responses if not r["successful"]]
+        if failures:
+            raise Exception(
+                "\n".join(f"Exception executing command in server {r['server']}: {r['traceback']}" for r in failures)
+            )
+        return len(responses) == len(ids)
+
+    # ---------------------------------------------------------------- status
+    def get_server_status(self) -> dict[int, dict[str, Any]]:
+        return self._client.get_server_status()
+
+    def get_command_request_list(self) -> dict[int, dict[str, Any]]:
+        return self._client.get_command_request_list()
+
+    def get_command_response_list(self) -> dict[int, dict[str, Any]]:
+        return self._client.get_command_response_list()
+
+
+class MPIInterface:
+    """casampi's ``MPIInterface``: ``MPIInterface.getCluster()`` and its ``_cluster``.
+
+    A singleton, as in casampi: every ``MPIInterface()`` is the same object.
+
+    Examples
+    --------
+    >>> cluster = MPIInterface.getCluster()             # doctest: +SKIP
+    >>> cluster._cluster.pull("os.getpid()")            # doctest: +SKIP
+    {1: 4711, 2: 4712}
+    """
+
+    #: Log mode handed to the client when the cluster starts (casampi's name).
+    _log_mode = "unified"
+    _instance: "MPIInterface | None" = None
+
+    def __new__(cls) -> "MPIInterface":
+        _refuse_on_a_server("MPIInterface")
+        if cls._instance is None:
+            instance = super().__new__(cls)
+            instance._cluster = MPIInterfaceCore()
+            cls._instance = instance
+        return cls._instance
+
+    @staticmethod
+    def set_log_mode(logmode: str) -> None:
+        """Remember the log mode for the next start (casampi's ``'redirect'``, ...)."""
+        MPIInterface._log_mode = logmode
+
+    @staticmethod
+    def getCluster() -> "MPIInterface":
+        """The cluster, with the client's services started."""
+        cluster = MPIInterface()
+        cluster.start_cluster()
+        return cluster
+
+    def isClusterRunning(self) -> bool:
+        return self._cluster._client.get_lifecyle_state() == 1
+
+    def init_cluster(self, clusterfile: str | None = None, project: str | None = None) -> None:
+        self.start_cluster()
+
+    def start_cluster(self) -> None:
+        self._cluster.start_cluster()
+
+    def stop_cluster(self) -> None:
+        self._cluster.stop_cluster()
+
+    def do_and_record(self, cmd: str, id: int | list[int] | None = None, group: str = "", subMS: str = "") -> list[int]:
+        return self._cluster.odo(cmd, id)
+
+    def get_engine_store(self, id: int) -> str | None:
+        """The working directory of server ``id`` (where its commands run)."""
+        return self._cluster.execute("__import__('os').getcwd()", id)[0]["ret"]
+
+    def set_log_level(self, log_level: str) -> None:
+        """See :meth:`casa_magics.CommandClient.set_log_level`."""
+        self._cluster._client.set_log_level(log_level)
