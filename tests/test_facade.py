@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from casa_magics import CommandRequestError, MPICommandClient, MPIEnvironment
+from casa_magics import CommandClient, CommandRequestError, MPICommandClient, MPIEnvironment
 from casa_magics.requests import RESPONSE_KEYS
 
 from .conftest import WAIT
@@ -280,3 +280,14 @@ def test_bare_call_forms_call_the_named_callable_with_parameters(client, command
     called_with = [("a", 5), ("b", "(x)")]
     assert response["ret"] == (None if command.endswith(";") else called_with)
     assert push(client, "seen", target_server=1)[0]["ret"] == called_with
+
+
+def test_an_empty_id_list_gives_an_empty_response_list(client):
+    assert client.get_command_response([]) == []
+    assert client.get_command_response([[], []], True, True) == []
+    assert client.get_command_response_event([]).is_set()
+
+
+def test_life_cycle_state_follows_casampis_numbers(client, session):
+    assert client.get_lifecyle_state() == 1
+    assert CommandClient(session).get_lifecyle_state() == 0
