@@ -312,6 +312,8 @@ def test_get_mistakes_are_one_line_usage_errors(ip, args, message):
         ("%casa_cluster start --connection-file f", r"^--connection-file does not apply to %casa_cluster start$"),
         ("%casa_cluster stop -n 2", r"^-n does not apply to %casa_cluster stop$"),
         ("%casa_cluster status --cluster-id c", r"^--cluster-id does not apply to %casa_cluster status$"),
+        ("%casa_cluster stop --casampi", r"^--casampi does not apply to %casa_cluster stop$"),
+        ("%casa_cluster status --casampi", r"^--casampi does not apply to %casa_cluster status$"),
     ],
 )
 def test_other_mistakes_are_one_line_usage_errors(ip, text, message):
