@@ -119,9 +119,14 @@ class CommandClient:
 
     def _services(self) -> Dispatcher:
         with self._lock:
-            if self._dispatcher is not None and self._dispatcher.session.stopped:
-                self._dispatcher.close()  # its cluster was stopped or replaced behind our back
-                self._dispatcher = None
+            if self._dispatcher is not None:
+                if self._dispatcher.session.stopped:
+                    self._dispatcher.close()  # its cluster was stopped or replaced behind our back
+                    self._dispatcher = None
+                elif self._given_session is None and _session.live_current_session() not in (None, self._dispatcher.session):
+                    # set_current_session() chose another cluster: follow it, as MPIEnvironment does.
+                    self._dispatcher.close("set_current_session() chose another cluster")
+                    self._dispatcher = None
             if self._dispatcher is None:
                 session = self._given_session or _session.current_session()
                 if self._log_level is not None:

@@ -556,8 +556,8 @@ class Dispatcher:
             return outcome
 
     # ---------------------------------------------------------------- closing
-    def close(self) -> list[int]:
-        """Stop the watchdog and answer every unfinished request as cut short.
+    def close(self, why: str = "stop_services() was called") -> list[int]:
+        """Stop the watchdog and answer every unfinished request as cut short (saying ``why``).
 
         Returns the IDs of the requests that were cut short.
         """
@@ -565,7 +565,7 @@ class Dispatcher:
         with self._lock:
             cut = [r for r in self._requests.values() if not r.finished]
             for request in cut:
-                request.record_failure(CANCELLED, "cut short: stop_services() was called before it finished")
+                request.record_failure(CANCELLED, f"cut short: {why} before it finished")
             self._holding.clear()
             for server in self._servers.values():
                 server.waiting = []

@@ -38,6 +38,7 @@ __all__ = [
     "current_session",
     "set_current_session",
     "has_current_session",
+    "live_current_session",
     "visible_clusters",
     "default_run_dir",
     "add_server_setup",
@@ -477,6 +478,12 @@ _current_lock = threading.RLock()
 def has_current_session() -> bool:
     """True when a live session exists (none is started by asking)."""
     return _current is not None and not _current.stopped
+
+
+def live_current_session() -> ClusterSession | None:
+    """The process-wide session if one is running, else None (none is started by asking)."""
+    current = _current
+    return current if current is not None and not current.stopped else None
 
 
 def current_session() -> ClusterSession:

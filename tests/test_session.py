@@ -161,3 +161,19 @@ def test_engines_without_casa_magics_get_a_clear_error(tmp_path):
     engine = [sys.executable, str(Path(__file__).parent / "support" / "engine_without_casa_magics.py")]
     with pytest.raises(ClusterError, match=r"^the engines cannot import casa_magics: install it in the engines' Python environment$"):
         ClusterSession.start(n=2, timeout=WAIT, engine_command=engine, settings=settings(run_dir=str(tmp_path)))
+
+
+def test_the_shared_client_follows_set_current_session(client, session, own_cluster):
+    from casa_magics import MPICommandClient, MPIEnvironment, set_current_session
+
+    other = own_cluster(n=3).session
+    set_current_session(other)
+    try:
+        assert MPICommandClient() is client and client.session is other
+        assert MPIEnvironment.mpi_server_rank_list() == other.servers.server_ids == [1, 2, 3]
+        (response,) = client.push_command_request("__import__('os').getpid()", True, 3)
+        assert response["ret"] == other.servers.info(3).pid
+    finally:
+        set_current_session(session)
+    assert client.session is session
+    assert MPIEnvironment.mpi_server_rank_list() == session.servers.server_ids == [1, 2]
