@@ -1,4 +1,4 @@
-"""``python -m casa_magics.engine_keeper ENGINE-COMMAND...``: keep one server's death its own.
+"""``python -I engine_keeper.py ENGINE-COMMAND...``: keep one server's death its own.
 
 MPICH's process manager (hydra) kills every process of an ``mpiexec`` job
 as soon as one of them dies from a signal, even with
@@ -12,6 +12,11 @@ process manager's connection. When the engine dies, the keeper *exits*
 (status 128 + signal), which hydra with ``-disable-auto-cleanup`` tolerates.
 Signals sent to the keeper (Ctrl-C forwarded by ``mpiexec``, shutdown) are
 passed on to the engine, and on Linux the engine is killed if the keeper is.
+
+The launcher runs this file as a script (``python -I``), not as
+``-m casa_magics.engine_keeper``: that would import the whole package
+(ipyparallel, IPython) in every rank just to start a child process.
+It must therefore import nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``argv`` (default: this process's arguments) and exit as it exits."""
     command = sys.argv[1:] if argv is None else argv
     if not command:
-        print("usage: python -m casa_magics.engine_keeper ENGINE-COMMAND...", file=sys.stderr)
+        print("usage: python -I engine_keeper.py ENGINE-COMMAND...", file=sys.stderr)
         return 2
     # close_fds=False: the engine needs the process manager's PMI socket (PMI_FD).
     engine = subprocess.Popen(command, close_fds=False, start_new_session=True, preexec_fn=_die_with_parent)

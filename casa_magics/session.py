@@ -30,6 +30,7 @@ import ipyparallel as ipp
 from . import casa_env
 from .config import Settings, load_settings
 from .errors import ClusterError
+from .launcher import find_mpiexec, is_hydra, plan_launch
 from .server_map import ServerMap
 from .server_side import SERVER_ROLE, engine_identity, prepare_engine, set_command_log_level
 
@@ -98,18 +99,6 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def find_mpiexec(mpiexec: str) -> str | None:
-    """Full path of the MPI launcher.
-
-    A bare name is looked up next to this Python first (where the ``mpich``
-    wheel puts the ``mpiexec`` that matches this environment's mpi4py), then
-    on ``PATH``. A path is used as given.
-    """
-    if os.sep in mpiexec:
-        return shutil.which(mpiexec)
-    return shutil.which(mpiexec, path=str(Path(sys.executable).parent)) or shutil.which(mpiexec)
-
-
 def _mpi_usable(mpiexec: str) -> str | None:
     """Return why MPI cannot be used here, or None if it can."""
     if find_mpiexec(mpiexec) is None:
@@ -119,12 +108,6 @@ def _mpi_usable(mpiexec: str) -> str | None:
     except ImportError as error:
         return f"mpi4py cannot be imported ({error})"
     return None
-
-
-def _is_hydra(mpiexec: str) -> bool:
-    """True for MPICH's launcher (hydra), whose arguments differ from OpenMPI's."""
-    path = find_mpiexec(mpiexec) or mpiexec
-    return "hydra" in os.path.realpath(path) or Path(path).with_name("hydra_pmi_proxy").exists()
 
 
 def _profile_connection_file(profile: str, cluster_id: str) -> Path:
@@ -235,18 +218,11 @@ class ClusterSession:
             engine_kwargs["engine_cmd"] = list(engine_command)
         if why_not is None:
             engines = "mpi"
-            hydra = _is_hydra(settings.mpiexec)
-            # hydra kills a whole job when one process dies; casampi's servers survive each other.
-            mpi_args = (["-disable-auto-cleanup"] if hydra else []) + extra_args
-            if hostfile:
-                mpi_args += ["-f" if hydra else "--hostfile", hostfile]
-            # Each rank is a keeper running the engine, so one server's death is not the job's.
-            engine_kwargs.update(
-                mpi_cmd=[find_mpiexec(settings.mpiexec)],
-                mpi_args=mpi_args,
-                engine_cmd=[sys.executable, "-m", "casa_magics.engine_keeper"]
-                + list(engine_command or [sys.executable, "-m", "ipyparallel.engine"]),
+            mpiexec = find_mpiexec(settings.mpiexec)
+            plan = plan_launch(
+                mpiexec, hydra=is_hydra(mpiexec), extra_args=extra_args, hostfile=hostfile, engine_command=engine_command
             )
+            engine_kwargs.update(mpi_cmd=plan.mpi_cmd, mpi_args=plan.mpi_args, engine_cmd=plan.engine_cmd)
         elif settings.allow_no_mpi and not (extra_args or hostfile):
             warnings.warn(f"MPI is not available ({why_not}): starting plain local engines", RuntimeWarning, stacklevel=2)
             engines = "local"
