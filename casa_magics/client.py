@@ -263,8 +263,9 @@ class CommandClient:
 
         Each value has ``rank``, ``processor`` (host name), ``pid``, ``busy``,
         ``command``, ``command_start_time``, ``timeout``, and also
-        ``engine``, ``queued``, ``running_for``, ``lost`` and ``log`` (the
-        server's CASA log file).
+        ``engine``, ``queued``, ``running_for``, ``lost``, ``log`` (the
+        server's CASA log file) and ``casa`` (whether CASA is imported
+        there: see :meth:`ClusterSession.casa_state`).
         """
         return self._services().server_status()
 

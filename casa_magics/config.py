@@ -12,6 +12,8 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
+from .errors import SettingError
+
 __all__ = ["Settings", "load_settings", "default_engine_count"]
 
 _PREFIX = "CASA_MAGICS_"
@@ -56,6 +58,10 @@ class Settings:
     allow_no_mpi : bool
         Fall back to plain local engines when MPI does not work
         (``CASA_MAGICS_ALLOW_NO_MPI``, default on).
+    import_casa : bool
+        Import CASA on every server in the background as soon as the servers
+        are up, when the ``casa`` extra is installed
+        (``CASA_MAGICS_IMPORT_CASA``, default on).
     """
 
     engines: int = field(default_factory=default_engine_count)
@@ -69,6 +75,7 @@ class Settings:
     connection_file: str | None = None
     run_dir: str | None = None
     allow_no_mpi: bool = True
+    import_casa: bool = True
 
     @property
     def wants_connection(self) -> bool:
@@ -80,9 +87,9 @@ def _positive(name: str, text: str, kind: type) -> float | int:
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"{_PREFIX}{name} must be a positive number, got {text!r}") from None
+        raise SettingError(f"{_PREFIX}{name} must be a positive number, got {text!r}") from None
     if value <= 0:
-        raise ValueError(f"{_PREFIX}{name} must be a positive number, got {text!r}")
+        raise SettingError(f"{_PREFIX}{name} must be a positive number, got {text!r}")
     return value
 
 
@@ -92,7 +99,7 @@ def _flag(name: str, text: str) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"{_PREFIX}{name} must be 0 or 1, got {text!r}")
+    raise SettingError(f"{_PREFIX}{name} must be 0 or 1, got {text!r}")
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -109,8 +116,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
     Raises
     ------
-    ValueError
-        If a variable holds a value of the wrong kind; the message names it.
+    SettingError
+        If a variable holds a value of the wrong kind; the one-line message
+        names the variable and the value.
     """
     env = os.environ if environ is None else environ
 
@@ -128,8 +136,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         values["mpiexec"] = text
     if (text := get("MPIEXEC_ARGS")) is not None:
         values["mpiexec_args"] = shlex.split(text)
-    if (text := get("ALLOW_NO_MPI")) is not None:
-        values["allow_no_mpi"] = _flag("ALLOW_NO_MPI", text)
+    for name in ("ALLOW_NO_MPI", "IMPORT_CASA"):
+        if (text := get(name)) is not None:
+            values[name.lower()] = _flag(name, text)
     for name in ("HOSTFILE", "PROFILE", "CLUSTER_ID", "CONNECTION_FILE", "RUN_DIR"):
         if (text := get(name)) is not None:
             values[name.lower()] = text

@@ -483,6 +483,7 @@ class Dispatcher:
                     "timeout": server.timed_out or server.lost is not None,
                     "lost": server.lost,
                     "log": str(server_log_path(self.session, server_id)),
+                    "casa": self.session.casa_state(server_id),
                 }
         return status
 

@@ -228,6 +228,7 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
                 "running for": "" if running_for is None else f"{running_for:.1f} s",
                 "queued": state.get("queued"),
                 "state": health,
+                "CASA": state.get("casa", ""),
             }
         )
     return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CommandRequestError", "ClusterError"]
+__all__ = ["CommandRequestError", "ClusterError", "SettingError"]
 
 
 class CommandRequestError(ValueError):
@@ -24,4 +24,13 @@ class ClusterError(RuntimeError):
 
     The message says why, and for a failed start includes the engines' own
     output (the end of the ``mpiexec`` log).
+    """
+
+
+class SettingError(ValueError):
+    """A ``CASA_MAGICS_*`` environment variable holds a value of the wrong kind.
+
+    Raised where the settings are first read (starting or connecting a
+    cluster, from the facade or the magics); the one-line message names the
+    variable and its value.
     """

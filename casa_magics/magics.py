@@ -34,8 +34,9 @@ from .casampi_layer import enable_casampi
 from .client import MPICommandClient
 from .commands import compile_command, short
 from .display import ProgressBar, ResponseList, ServerStatus, echo_streams
+from .config import load_settings
 from .dispatcher import flatten_request_ids
-from .errors import ClusterError, CommandRequestError
+from .errors import ClusterError, CommandRequestError, SettingError
 from .session import ClusterSession, current_session, has_current_session, set_current_session
 
 __all__ = ["CasaMagics", "load_ipython_extension", "unload_ipython_extension", "split_options"]
@@ -121,10 +122,10 @@ def _server_ids(text: str) -> list[int]:
 
 @contextlib.contextmanager
 def _usage_errors() -> Iterator[None]:
-    """Turn the facade's one-line refusals into IPython's UsageError."""
+    """Turn the facade's one-line refusals (and a bad setting, a failed start) into IPython's UsageError."""
     try:
         yield
-    except CommandRequestError as error:
+    except (CommandRequestError, SettingError, ClusterError) as error:
         raise UsageError(str(error)) from None
 
 
@@ -285,13 +286,16 @@ class CasaMagics(Magics):
             if getattr(args, name) is not None and name not in allowed:
                 option = "-n" if name == "n" else "--" + name.replace("_", "-")
                 raise UsageError(f"{option} does not apply to %casa_cluster {args.action}")
-        if args.casampi:
-            if args.action not in ("start", "connect"):
-                raise UsageError(f"--casampi does not apply to %casa_cluster {args.action}")
-            self._refuse_second_cluster()
-            if not enable_casampi():
-                raise UsageError("--casampi: a real casampi is installed and stays in charge")
-        return getattr(self, "_cluster_" + args.action)(args)
+        if args.casampi and args.action not in ("start", "connect"):
+            raise UsageError(f"--casampi does not apply to %casa_cluster {args.action}")
+        with _usage_errors():
+            if args.action in ("start", "connect"):
+                load_settings()  # a bad CASA_MAGICS_* value is named before anything starts
+            if args.casampi:
+                self._refuse_second_cluster()
+                if not enable_casampi():
+                    raise UsageError("--casampi: a real casampi is installed and stays in charge")
+            return getattr(self, "_cluster_" + args.action)(args)
 
     def _refuse_second_cluster(self) -> None:
         if has_current_session():

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
 
-__all__ = ["WireRequest", "run_requests", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["WireRequest", "run_requests", "import_casa", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -298,6 +298,21 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
         _board = CancelBoard(board_path(run_dir, server_id), create=True)
     except OSError:  # no shared run directory here: requests can then only be cancelled before sending
         _board = None
+
+
+def import_casa() -> str:
+    """Import ``casatools`` and ``casatasks`` here (sent in the background at start-up); return CASA's version.
+
+    Both names are defined in the namespace, as ``import casatools, casatasks``
+    would, unless the user already gave them another meaning.
+    """
+    import casatasks
+    import casatools
+
+    namespace = user_namespace()
+    namespace.setdefault("casatools", casatools)
+    namespace.setdefault("casatasks", casatasks)
+    return casatasks.version_string()
 
 
 #: What casampi's servers offer casatasks' jobs besides the tasks themselves.

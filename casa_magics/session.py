@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
 from .server_map import ServerMap
-from .server_side import SERVER_ROLE, engine_identity, prepare_engine, set_command_log_level
+from .server_side import SERVER_ROLE, engine_identity, import_casa, prepare_engine, set_command_log_level
 
 __all__ = [
     "ClusterSession",
@@ -150,6 +151,8 @@ class ClusterSession:
         self.description = description
         self._stopped = False
         self._lock = threading.Lock()
+        self._casa_installed = False
+        self._casa_import: dict[int, Any] = {}
         try:
             identities = client[:].apply_sync(engine_identity)
         except ipp.error.CompositeError as error:
@@ -350,6 +353,41 @@ class ClusterSession:
             result.get(timeout=self.settings.start_timeout)
         for setup in list(_server_setups):
             setup(self)
+        self._start_casa_import()
+
+    def _start_casa_import(self) -> None:
+        """Import CASA on every server in the background, so the first CASA command need not wait."""
+        self._casa_installed = casa_env.casa_available()
+        if self._casa_installed and self.settings.import_casa:
+            self._casa_import = {info.server: self.client[info.engine].apply_async(import_casa) for info in self.servers}
+
+    def wait_for_casa(self, timeout: float | None = None) -> dict[int, str]:
+        """Wait for the background CASA import (at most ``timeout`` seconds); return each server's state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for result in self._casa_import.values():
+            result.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return {info.server: self.casa_state(info.server) for info in self.servers}
+
+    def casa_state(self, server: int) -> str:
+        """Whether CASA is imported on a server.
+
+        One of ``'ready'``, ``'importing'`` (the background import started
+        with the servers is still running), ``'on first use'`` (no background
+        import: ``CASA_MAGICS_IMPORT_CASA=0``), ``'not installed'`` (no
+        ``casa`` extra here) or ``'failed: <why>'``.
+        """
+        if not self._casa_installed:
+            return "not installed"
+        result = self._casa_import.get(server)
+        if result is None:
+            return "on first use"
+        if not result.ready():
+            return "importing"
+        try:
+            result.get(0)
+        except Exception as error:  # the import's own error, shown in one line
+            return "failed: " + " ".join(str(error).split())[:200]
+        return "ready"
 
     def run_on_servers(self, function: Any, *args: Any, timeout: float | None = None) -> dict[int, Any]:
         """Call ``function(*args)`` once on every registered server and wait.

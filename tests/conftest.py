@@ -17,6 +17,8 @@ import pytest
 
 # Engines inherit PATH: the venv's bin must come first so mpiexec is the mpich wheel's.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+# Clusters in tests import CASA when a test asks, not in the background (2 cores; see test_session).
+os.environ.setdefault("CASA_MAGICS_IMPORT_CASA", "0")
 
 from casa_magics import ClusterSession, CommandClient, MPICommandClient, set_current_session  # noqa: E402
 from casa_magics.config import load_settings  # noqa: E402

@@ -504,3 +504,9 @@ def test_kernel_connects_by_profile_and_by_connection_file(kernel, session, tmp_
     assert "Disconnected from" in kernel.run("%casa_cluster stop").stdout
     assert not session.stopped
     assert session.client[session.servers.engine_of(1)].apply_sync(lambda: 1 + 1) == 2
+
+
+def test_a_bad_setting_is_a_one_line_usage_error_at_first_use(ip, monkeypatch):
+    monkeypatch.setenv("CASA_MAGICS_START_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match=r"^CASA_MAGICS_START_TIMEOUT must be a positive number, got 'soon'$"):
+        line(ip, "%casa_cluster start -n 2")

@@ -177,3 +177,26 @@ def test_the_shared_client_follows_set_current_session(client, session, own_clus
         set_current_session(session)
     assert client.session is session
     assert MPIEnvironment.mpi_server_rank_list() == session.servers.server_ids == [1, 2]
+
+
+@pytest.mark.casa
+def test_casa_is_imported_in_the_background_and_status_says_when_ready(own_cluster):
+    from casa_magics.casa_env import casa_available
+
+    if not casa_available():
+        pytest.skip("needs the casa extra")
+    background = own_cluster(n=2, import_casa=True)
+    early = {s: state["casa"] for s, state in background.get_server_status().items()}
+    assert set(early.values()) <= {"importing", "ready"}
+    assert background.session.wait_for_casa(timeout=WAIT * 2) == {1: "ready", 2: "ready"}
+    assert [state["casa"] for state in background.get_server_status().values()] == ["ready", "ready"]
+    (version,) = background.push_command_request("casatasks.version_string()", True, 1)
+    assert version["successful"] and version["ret"].startswith("6.")
+
+
+def test_without_background_import_casa_waits_for_first_use(own_cluster):
+    quiet = own_cluster(n=2, import_casa=False)
+    from casa_magics.casa_env import casa_available
+
+    expected = "on first use" if casa_available() else "not installed"
+    assert [state["casa"] for state in quiet.get_server_status().values()] == [expected, expected]
