@@ -58,6 +58,9 @@ class Settings:
     allow_no_mpi : bool
         Fall back to plain local engines when MPI does not work
         (``CASA_MAGICS_ALLOW_NO_MPI``, default on).
+    keep_run_dir : bool
+        Keep the temporary run directory at exit (``CASA_MAGICS_KEEP_RUN_DIR``,
+        default off; it is kept anyway when a failure left logs to read).
     import_casa : bool
         Import CASA on every server in the background as soon as the servers
         are up, when the ``casa`` extra is installed
@@ -76,6 +79,7 @@ class Settings:
     run_dir: str | None = None
     allow_no_mpi: bool = True
     import_casa: bool = True
+    keep_run_dir: bool = False
 
     @property
     def wants_connection(self) -> bool:
@@ -136,7 +140,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         values["mpiexec"] = text
     if (text := get("MPIEXEC_ARGS")) is not None:
         values["mpiexec_args"] = shlex.split(text)
-    for name in ("ALLOW_NO_MPI", "IMPORT_CASA"):
+    for name in ("ALLOW_NO_MPI", "IMPORT_CASA", "KEEP_RUN_DIR"):
         if (text := get(name)) is not None:
             values[name.lower()] = _flag(name, text)
     for name in ("HOSTFILE", "PROFILE", "CLUSTER_ID", "CONNECTION_FILE", "RUN_DIR"):

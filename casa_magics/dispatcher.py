@@ -41,6 +41,7 @@ from .cancel_board import CancelBoard, board_path
 from .commands import CompiledCommand, short
 from .logs import server_log_path
 from .errors import CommandRequestError
+from .run_dir import keep_run_dir
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
 from .server_map import ServerInfo
 from .server_side import request_runner
@@ -314,6 +315,7 @@ class Dispatcher:
             return
         server.lost = why
         log.warning("%s was lost: %s", server.describe(), why)
+        keep_run_dir(f"{server.describe()} was lost")
         self._answer_without_server(server, TIMEOUT, f"Timeout: {server.describe()} was lost: {why}")
         server.in_flight.clear()
         server.head_since = None

@@ -15,10 +15,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
-import os
-import shutil
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,6 +28,7 @@ from . import casa_env
 from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
+from .run_dir import default_run_dir, keep_run_dir
 from .server_map import ServerMap
 from .server_side import SERVER_ROLE, engine_identity, import_casa, prepare_engine, set_command_log_level
 
@@ -70,27 +67,6 @@ def visible_clusters() -> list[str]:
         n = sum(getattr(es, "n", 0) or 0 for es in cluster.engines.values())
         found.append(f"{key} (profile {Path(cluster.profile_dir).name}, cluster_id {cluster.cluster_id!r}, {n} engines)")
     return found
-
-
-_process_run_dir: Path | None = None
-
-
-def default_run_dir(settings: Settings | None = None) -> Path:
-    """The run directory: ``CASA_MAGICS_RUN_DIR``, else one temporary directory per process.
-
-    Servers write their CASA logs here (``casa-server-<id>.log``), and the
-    CASA site config and an embedded cluster's connection files live here.
-    """
-    global _process_run_dir
-    settings = settings or load_settings()
-    if settings.run_dir:
-        path = Path(settings.run_dir)
-    else:
-        if _process_run_dir is None:
-            _process_run_dir = Path(tempfile.mkdtemp(prefix="casa-magics-"))
-        path = _process_run_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _private_dir(path: Path) -> Path:
@@ -251,8 +227,10 @@ class ClusterSession:
         try:
             client = cls._launch(cluster, n, timeout, engine_kwargs)
             return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
-        except BaseException:
+        except BaseException as error:
             cluster.stop_cluster_sync()
+            if not isinstance(error, KeyboardInterrupt):
+                keep_run_dir(f"the {what} did not start")
             raise
 
     @staticmethod
