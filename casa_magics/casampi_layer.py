@@ -29,7 +29,7 @@ from . import session as _session
 from .casa_env import prepare_client_process
 from .client import MPICommandClient
 from .environment import MPIEnvironment, process_role
-from .mpi_interface import MPIInterface, MPIInterfaceCore
+from .mpi_interface import MPIInterface, MPIInterfaceCore, prompt_imager_job_checks
 from .server_side import provide_casampi_namespace
 
 __all__ = ["enable_casampi", "disable_casampi", "casampi_enabled"]
@@ -228,6 +228,7 @@ def disable_casampi() -> None:
                 else:
                     namespace[attribute] = value
         _rebound.clear()
+        prompt_imager_job_checks(False)
         for name in _MODULE_DOCS:
             sys.modules.pop(name, None)
         _session.remove_server_setup(_provide_namespace)

@@ -250,6 +250,15 @@ class CommandClient:
         """A :class:`threading.Event` that is set once every listed request has a response."""
         return self._services().event_for(flatten_request_ids(command_request_id_list))
 
+    def wait_until_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every request sent so far has a response (at most ``timeout`` s). (Not in casampi.)
+
+        Returns True when nothing is left unanswered.
+        """
+        dispatcher = self._services()
+        pending = dispatcher.unfinished_ids()
+        return not pending or dispatcher.event_for(pending).wait(timeout)
+
     def get_command_request_list(self) -> dict[int, dict[str, Any]]:
         """Every request this client knows, finished or not, keyed by request ID."""
         return self._services().request_states()

@@ -439,6 +439,11 @@ class Dispatcher:
         info = self._servers[request.server].info
         return request.response(info.engine, info.host, info.pid)
 
+    def unfinished_ids(self) -> list[int]:
+        """IDs of every request that has no response yet."""
+        with self._lock:
+            return [r.id for r in self._requests.values() if not r.finished]
+
     def request_states(self) -> dict[int, dict]:
         """Every known request's current state, keyed by request ID."""
         with self._lock:

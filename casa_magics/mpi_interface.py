@@ -14,18 +14,54 @@ Server IDs are casampi's engine numbers here: ``get_engines()`` is
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from .client import MPICommandClient
 from .environment import process_role
 
-__all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE"]
+__all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE", "prompt_imager_job_checks", "JobClock"]
 
 #: Printed when casatasks asks the servers to join CASA's C++ MPI (cube imaging).
 CPP_MPI_NOTICE = (
     "casa_magics: cube imaging runs serially in this process: CASA's C++ MPI cannot use "
     "these servers (see 'Which CASA code runs in parallel' in the README)"
 )
+
+
+#: casatasks' parallel imaging helper, which polls its jobs with ``time.sleep(1)``.
+IMAGER_HELPER = "casatasks.private.imagerhelpers.parallel_imager_helper"
+
+
+class JobClock:
+    """Stands in for the ``time`` module in casatasks' parallel imaging helper.
+
+    The helper's only use of ``time`` is ``time.sleep(1)`` before each look
+    at its jobs, so every imaging step (a few per major cycle) cost at least
+    a second. Here that sleep ends as soon as every request sent is
+    answered, and lasts at most the time asked. Anything else is the real
+    :mod:`time`.
+    """
+
+    def __init__(self, client: "MPICommandClient") -> None:
+        self._client = client
+
+    def sleep(self, seconds: float) -> None:
+        self._client.wait_until_idle(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def prompt_imager_job_checks(enable: bool) -> None:
+    """Put a :class:`JobClock` in casatasks' imaging helper (``enable``), or its ``time`` back."""
+    helper = sys.modules.get(IMAGER_HELPER)
+    if helper is None:
+        return
+    if enable and getattr(helper, "time", None) is time:
+        helper.time = JobClock(MPICommandClient())
+    elif not enable and isinstance(getattr(helper, "time", None), JobClock):
+        helper.time = time
 
 
 def _refuse_on_a_server(what: str) -> None:
@@ -159,9 +195,14 @@ class MPIInterface:
 
     @staticmethod
     def getCluster() -> "MPIInterface":
-        """The cluster, with the client's services started."""
+        """The cluster, with the client's services started.
+
+        casatasks' imaging helper is loaded by now: its one-second job polls
+        are made to end when the jobs do (see :class:`JobClock`).
+        """
         cluster = MPIInterface()
         cluster.start_cluster()
+        prompt_imager_job_checks(True)
         return cluster
 
     def isClusterRunning(self) -> bool:

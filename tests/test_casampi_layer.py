@@ -251,3 +251,20 @@ def test_set_log_level_sets_the_servers_casa_log_priority(casampi, client, sessi
     assert note_in_log("shown-at-info-level", 1)
     with pytest.raises(casa_magics.CommandRequestError, match=r"^unknown log level 'CHATTY'$"):
         client.set_log_level("CHATTY")
+
+
+def test_the_imaging_helpers_job_polls_end_when_the_jobs_do(casampi, client):
+    import time
+
+    from casatasks.private.imagerhelpers import parallel_imager_helper as helper
+
+    from casa_magics.mpi_interface import JobClock
+
+    casampi.MPIInterface.MPIInterface.getCluster()
+    assert isinstance(helper.time, JobClock) and helper.time.monotonic is time.monotonic
+    ids = client.push_command_request("import time; time.sleep(0.5)", False, 1)
+    helper.time.sleep(WAIT)  # returns once the request is answered, well before WAIT
+    assert [r["status"] for r in client.get_command_response(ids)] == ["response received"]
+    casa_magics.disable_casampi()
+    assert helper.time is time
+    casa_magics.enable_casampi()
