@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -77,6 +78,21 @@ class CancelBoard:
         count = _ID.unpack_from(self._map, 16)[0]
         _ID.pack_into(self._map, _HEADER.size + (count % _SLOTS) * _ID.size, request_id)
         _ID.pack_into(self._map, 16, count + 1)
+
+    def cancel_and_interrupt(self, request_id: int, pid: int) -> bool:
+        """Cancel a request and, if the server (process ``pid``) is running it now, interrupt it.
+
+        The server skips a cancelled request it has not started; a running
+        one gets SIGINT, which the server's handler turns into a
+        KeyboardInterrupt only while this very request runs. Returns True
+        when it was interrupted while running.
+        """
+        self.cancel(request_id)
+        if self.running != request_id:
+            return False
+        self.interrupt = request_id
+        os.kill(pid, signal.SIGINT)
+        return True
 
     def is_cancelled(self, request_id: int) -> bool:
         """True if the client cancelled this request."""

@@ -29,8 +29,6 @@ import collections
 import itertools
 import logging
 import math
-import os
-import signal
 import threading
 import time
 from typing import Any, Iterable
@@ -43,7 +41,7 @@ from .logs import server_log_path
 from .errors import CommandRequestError
 from .run_dir import keep_run_dir
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
-from .server_map import ServerInfo
+from .server_map import GONE, STOPPED, ServerInfo
 from .server_side import request_runner
 
 __all__ = ["Dispatcher", "flatten_request_ids", "MAX_IN_FLIGHT", "MAX_BATCH", "BATCH_WINDOW"]
@@ -338,8 +336,6 @@ class Dispatcher:
 
     def check_servers(self) -> None:
         """Look at every server once: is its process alive, is it answering?"""
-        import psutil
-
         registered = set(self.session.client.ids)
         now = time.time()
         for server in list(self._servers.values()):
@@ -349,15 +345,11 @@ class Dispatcher:
             stopped = False
             if server.info.engine not in registered:
                 why_lost = "its engine unregistered from the controller"
-            elif server.info.on_this_host:
-                try:
-                    status = psutil.Process(server.info.pid).status()
-                except psutil.NoSuchProcess:
+            else:
+                liveness = server.info.liveness()
+                if liveness == GONE:
                     why_lost = "its process is gone"
-                else:
-                    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-                        why_lost = "its process is gone"
-                    stopped = status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+                stopped = liveness == STOPPED
             with self._lock:
                 if why_lost:
                     self._lose(server, why_lost)
@@ -552,12 +544,8 @@ class Dispatcher:
                     outcome[request.id] = "cancelled before it was sent"
                 else:
                     server = self._servers[request.server]
-                    board = self._board(server)
-                    board.cancel(request.id)
                     self._cancel_asked.add(request.id)
-                    if board.running == request.id:
-                        board.interrupt = request.id
-                        os.kill(server.info.pid, signal.SIGINT)
+                    if self._board(server).cancel_and_interrupt(request.id, server.info.pid):
                         outcome[request.id] = "interrupted while running"
                     else:
                         outcome[request.id] = "will be skipped by its server"

@@ -12,12 +12,18 @@ from __future__ import annotations
 import socket
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .commands import short
 from .errors import CommandRequestError
 
-__all__ = ["ServerInfo", "ServerMap"]
+if TYPE_CHECKING:
+    import psutil
+
+__all__ = ["ServerInfo", "ServerMap", "ALIVE", "STOPPED", "GONE", "UNKNOWN"]
+
+#: What :meth:`ServerInfo.liveness` can say about a server's process.
+ALIVE, STOPPED, GONE, UNKNOWN = "alive", "stopped", "gone", "unknown"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,34 @@ class ServerInfo:
     def on_this_host(self) -> bool:
         """True when the server runs on the client's machine (its process can be seen and signalled)."""
         return self.host == socket.gethostname()
+
+    def process(self) -> "psutil.Process | None":
+        """The server's process, if it runs on this host and still exists."""
+        import psutil
+
+        if not self.on_this_host:
+            return None
+        try:
+            return psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return None
+
+    def liveness(self) -> str:
+        """:data:`ALIVE`, :data:`STOPPED` (e.g. SIGSTOP), :data:`GONE`, or :data:`UNKNOWN` on another host."""
+        import psutil
+
+        if not self.on_this_host:
+            return UNKNOWN
+        process = self.process()
+        try:
+            status = process.status() if process is not None else psutil.STATUS_DEAD
+        except psutil.NoSuchProcess:
+            return GONE
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return GONE
+        if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            return STOPPED
+        return ALIVE
 
 
 class ServerMap:

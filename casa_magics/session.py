@@ -114,13 +114,16 @@ class ClusterSession:
     def __init__(
         self,
         client: ipp.Client,
+        servers: ServerMap,
         *,
         cluster: ipp.Cluster | None,
         run_dir: Path,
         settings: Settings,
         description: str,
     ) -> None:
+        """Hold an open connection; use :meth:`start` or :meth:`connect` to get one."""
         self.client = client
+        self.servers = servers
         self.cluster = cluster
         self.run_dir = run_dir
         self.settings = settings
@@ -129,6 +132,12 @@ class ClusterSession:
         self._lock = threading.Lock()
         self._casa_installed = False
         self._casa_import: dict[int, Any] = {}
+
+    @classmethod
+    def _open(
+        cls, client: ipp.Client, *, cluster: ipp.Cluster | None, run_dir: Path, settings: Settings, description: str
+    ) -> "ClusterSession":
+        """Read the server map from the engines, prepare every server, and stop at exit."""
         try:
             identities = client[:].apply_sync(engine_identity)
         except ipp.error.CompositeError as error:
@@ -137,9 +146,11 @@ class ClusterSession:
                     "the engines cannot import casa_magics: install it in the engines' Python environment"
                 ) from None
             raise
-        self.servers = ServerMap(dict(zip(client.ids, identities)))
-        self._prepare_servers()
-        atexit.register(self.stop)
+        servers = ServerMap(dict(zip(client.ids, identities)))
+        session = cls(client, servers, cluster=cluster, run_dir=run_dir, settings=settings, description=description)
+        session._prepare_servers()
+        atexit.register(session.stop)
+        return session
 
     # ------------------------------------------------------------------ start
     @classmethod
@@ -226,7 +237,7 @@ class ClusterSession:
         what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
         try:
             client = cls._launch(cluster, n, timeout, engine_kwargs)
-            return cls(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
+            return cls._open(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
         except BaseException as error:
             cluster.stop_cluster_sync()
             if not isinstance(error, KeyboardInterrupt):
@@ -317,7 +328,7 @@ class ClusterSession:
             why = " ".join(str(error).split())  # one line
             raise ClusterError(f"cannot connect to cluster ({target}): {why}. Visible clusters: {listing}") from None
         run_dir = default_run_dir(settings)
-        return cls(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
+        return cls._open(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
 
     # ------------------------------------------------------------------ state
     def _prepare_servers(self) -> None:
@@ -426,13 +437,7 @@ class ClusterSession:
         """Wait up to ``grace`` seconds for this host's engines, then kill what is left."""
         import psutil
 
-        processes = []
-        for info in self.servers:
-            if info.on_this_host:
-                try:
-                    processes.append(psutil.Process(info.pid))
-                except psutil.NoSuchProcess:
-                    pass
+        processes = [process for process in (info.process() for info in self.servers) if process is not None]
         _, alive = psutil.wait_procs(processes, timeout=grace)
         for process in alive:
             process.kill()
