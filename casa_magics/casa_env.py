@@ -28,6 +28,7 @@ from typing import Mapping
 
 __all__ = [
     "LOGFILE_ENV",
+    "SERVER_LOG_TEMPLATE",
     "SITE_CONFIG_NAME",
     "MISSING_CASA_MESSAGE",
     "casa_available",
@@ -49,8 +50,8 @@ SITE_CONFIG_NAME = "casasiteconfig.py"
 #: Message of the ImportError raised by :func:`require_casa`.
 MISSING_CASA_MESSAGE = 'casatools is not installed: run "pip install casa_magics[casa]" (or "make install")'
 
-#: Log file template used when none is given: one file per server.
-_DEFAULT_LOG_TEMPLATE = "casa-server-{server}.log"
+#: Log file name of each server in the run directory (``{server}`` is its ID).
+SERVER_LOG_TEMPLATE = "casa-server-{server}.log"
 
 #: Environment variables that hold the MPI rank, by launcher.
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -126,7 +127,7 @@ def casadata_path() -> str | None:
 
 
 def site_config_text(
-    run_dir: str | os.PathLike[str], measurespath: str | None = None, log_name: str = _DEFAULT_LOG_TEMPLATE
+    run_dir: str | os.PathLike[str], measurespath: str | None = None, log_name: str = SERVER_LOG_TEMPLATE
 ) -> str:
     """Return the text of the CASA site config for a run directory.
 
@@ -169,7 +170,7 @@ def _users_own(name: str) -> str | None:
 
 
 def write_site_config(
-    run_dir: str | os.PathLike[str], name: str = SITE_CONFIG_NAME, log_name: str = _DEFAULT_LOG_TEMPLATE
+    run_dir: str | os.PathLike[str], name: str = SITE_CONFIG_NAME, log_name: str = SERVER_LOG_TEMPLATE
 ) -> Path:
     """Write the site config into the run directory, unless the user has one.
 
@@ -222,7 +223,7 @@ def casa_environment(run_dir: str | os.PathLike[str]) -> dict[str, str]:
         "CASASITECONFIG": str(write_site_config(directory)),
         "OMP_NUM_THREADS": "1",
         "MPLBACKEND": "Agg",
-        LOGFILE_ENV: str(directory / _DEFAULT_LOG_TEMPLATE),
+        LOGFILE_ENV: str(directory / SERVER_LOG_TEMPLATE),
     }
     return {name: _users_own(name) or value for name, value in defaults.items()}
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from . import session as _session
 from .casa_env import require_casa
-from .commands import check_parameters, compile_command, short
+from .checks import check_block, short
+from .commands import check_parameters, compile_command
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
 
@@ -201,8 +202,7 @@ class CommandClient:
             For an invalid command, target, parameters or ``block``; nothing
             is sent.
         """
-        if not isinstance(block, bool):
-            raise CommandRequestError(f"block must be True or False, got {short(block)}")
+        check_block(block)
         compiled = compile_command(command)
         checked = check_parameters(parameters)
         dispatcher = self._services()
@@ -239,8 +239,7 @@ class CommandClient:
         CommandRequestError
             For a malformed or unknown request ID.
         """
-        if not isinstance(block, bool):
-            raise CommandRequestError(f"block must be True or False, got {short(block)}")
+        check_block(block)
         ids = flatten_request_ids(command_request_id_list)
         if not ids:
             return []

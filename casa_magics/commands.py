@@ -12,15 +12,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import short
 from .errors import CommandRequestError
 
 __all__ = ["CompiledCommand", "compile_command", "check_parameters", "short"]
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to at most ``limit`` characters, for messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: casampi's command that stores its parameters in the server's namespace.

@@ -36,7 +36,8 @@ from typing import Any, Iterable
 from ipyparallel import error as ipp_error
 
 from .cancel_board import CancelBoard, board_path
-from .commands import CompiledCommand, short
+from .checks import short
+from .commands import CompiledCommand
 from .logs import server_log_path
 from .errors import CommandRequestError
 from .run_dir import keep_run_dir

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import IO, Any, Iterable, Mapping
 
+from .checks import clip
 from .requests import RECEIVED
 
 __all__ = [
@@ -54,8 +55,7 @@ def brief(value: Any, limit: int = BRIEF) -> str:
 
 
 def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clip(" ".join(text.split()), limit)
 
 
 def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
@@ -228,9 +228,10 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
                 "running for": "" if running_for is None else f"{running_for:.1f} s",
                 "queued": state.get("queued"),
                 "state": health,
-                "CASA": state.get("casa", ""),
             }
         )
+        if "casa" in state:  # whether CASA is imported there (get_server_status() says)
+            rows[-1]["CASA"] = state["casa"]
     return rows
 
 

@@ -6,7 +6,8 @@ import os
 from collections import deque
 from pathlib import Path
 
-from .casa_env import LOGFILE_ENV, expand_logfile
+from .casa_env import LOGFILE_ENV, SERVER_LOG_TEMPLATE, expand_logfile
+from .checks import check_positive_int
 from .errors import CommandRequestError
 from .session import ClusterSession, current_session
 
@@ -17,7 +18,7 @@ def server_log_path(session: ClusterSession, server: int) -> Path:
     """The CASA log file of a server (``<run_dir>/casa-server-<id>.log`` by default)."""
     if server not in session.servers:
         raise CommandRequestError(f"unknown server {server!r}: servers are {session.servers.server_ids}")
-    template = os.environ.get(LOGFILE_ENV) or str(session.run_dir / "casa-server-{server}.log")
+    template = os.environ.get(LOGFILE_ENV) or str(session.run_dir / SERVER_LOG_TEMPLATE)
     return Path(expand_logfile(template, {"CASA_MAGICS_SERVER_ID": str(server)}))
 
 
@@ -52,8 +53,7 @@ def casa_log_tail(server: int, lines: int = 20, session: ClusterSession | None =
     --------
     >>> print(casa_log_tail(1, lines=5))   # doctest: +SKIP
     """
-    if isinstance(lines, bool) or not isinstance(lines, int) or lines < 1:
-        raise CommandRequestError(f"lines must be a positive integer, got {lines!r}")
+    check_positive_int(lines, "lines")
     session = session or current_session()
     path = server_log_path(session, server)
     info = session.servers.info(server)

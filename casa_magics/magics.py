@@ -32,7 +32,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .casampi_layer import enable_casampi
 from .client import MPICommandClient
-from .commands import compile_command, short
+from .checks import short
+from .commands import compile_command
 from .display import ProgressBar, ResponseList, ServerStatus, echo_streams
 from .config import load_settings
 from .dispatcher import flatten_request_ids

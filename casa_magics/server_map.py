@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .commands import short
+from .checks import short
 from .errors import CommandRequestError
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import ipyparallel as ipp
 
 from . import casa_env
+from .checks import check_positive_int
 from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
@@ -192,8 +193,7 @@ class ClusterSession:
         """
         settings = settings or load_settings()
         n = settings.engines if n is None else n
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ClusterError(f"number of servers must be a positive integer, got {n!r}")
+        check_positive_int(n, "number of servers", ClusterError)
         timeout = settings.start_timeout if timeout is None else timeout
         hostfile = hostfile or settings.hostfile
         extra_args = list(settings.mpiexec_args if mpiexec_args is None else mpiexec_args)

@@ -143,6 +143,13 @@ def test_status_table_has_one_row_per_server_with_state():
     assert '<td class="casa-busy">yes</td>' in status._repr_html_()
 
 
+def test_status_table_says_whether_casa_is_ready_when_known():
+    status = ServerStatus({1: {**status_row(False), "casa": "importing"}, 2: {**status_row(False), "casa": "ready"}})
+    lines = status_text(status).splitlines()
+    assert lines[1].split()[-2:] == ["state", "CASA"]
+    assert [line.split()[-1] for line in lines[2:]] == ["importing", "ready"]
+
+
 # ---------------------------------------------------------------- streams
 def test_echo_streams_prefixes_every_line_with_the_server_id():
     out, err = io.StringIO(), io.StringIO()
