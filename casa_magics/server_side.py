@@ -13,6 +13,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
 
-__all__ = ["WireRequest", "run_requests", "import_casa", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["WireRequest", "run_requests", "start_casa_import", "join_casa_import", "casa_import_state_path", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -300,19 +301,61 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
         _board = None
 
 
-def import_casa() -> str:
-    """Import ``casatools`` and ``casatasks`` here (sent in the background at start-up); return CASA's version.
+#: States of the background CASA import (see start_casa_import).
+CASA_IMPORTING, CASA_READY = "importing", "ready"
+_casa_import: threading.Thread | None = None
 
-    Both names are defined in the namespace, as ``import casatools, casatasks``
-    would, unless the user already gave them another meaning.
+
+def casa_import_state_path(run_dir: str | os.PathLike[str], server_id: int) -> Path:
+    """Where a server writes the state of its background CASA import."""
+    return Path(run_dir) / f"casa-import-{server_id}.state"
+
+
+def _write_casa_import_state(state: str) -> None:
+    path = casa_import_state_path(os.environ["CASA_MAGICS_RUN_DIR"], int(os.environ["CASA_MAGICS_SERVER_ID"]))
+    try:
+        partial = path.with_suffix(".partial")
+        partial.write_text(state)
+        partial.replace(path)  # readers see the old state or the new one, whole
+    except OSError:  # no run directory here: the state is only known on this server
+        pass
+
+
+def _import_casa() -> None:
+    _write_casa_import_state(CASA_IMPORTING)
+    try:
+        import casatasks
+        import casatools
+
+        namespace = user_namespace()  # as "import casatools, casatasks" would, unless the names are taken
+        namespace.setdefault("casatools", casatools)
+        namespace.setdefault("casatasks", casatasks)
+    except BaseException as error:  # reported through the state; a command importing CASA sees it too
+        _write_casa_import_state("failed: " + " ".join(f"{type(error).__name__}: {error}".split())[:200])
+    else:
+        _write_casa_import_state(CASA_READY)
+
+
+def start_casa_import() -> None:
+    """Import ``casatools`` and ``casatasks`` in a background thread of this server.
+
+    Commands keep running meanwhile; one that imports CASA itself simply
+    waits for the import in progress. The state (``'importing'``,
+    ``'ready'`` or ``'failed: ...'``) is written to
+    :func:`casa_import_state_path` in the run directory.
     """
-    import casatasks
-    import casatools
+    global _casa_import
+    if _casa_import is None:
+        _casa_import = threading.Thread(target=_import_casa, name="casa-magics-casa-import", daemon=True)
+        _casa_import.start()
 
-    namespace = user_namespace()
-    namespace.setdefault("casatools", casatools)
-    namespace.setdefault("casatasks", casatasks)
-    return casatasks.version_string()
+
+def join_casa_import(timeout: float | None = None) -> bool:
+    """Wait (at most ``timeout`` s) for the background CASA import; True once it has ended."""
+    if _casa_import is None:
+        return True
+    _casa_import.join(timeout)
+    return not _casa_import.is_alive()
 
 
 #: What casampi's servers offer casatasks' jobs besides the tasks themselves.

@@ -16,7 +16,6 @@ import atexit
 import concurrent.futures
 import logging
 import threading
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -31,7 +30,15 @@ from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
 from .run_dir import default_run_dir, keep_run_dir
 from .server_map import ServerMap
-from .server_side import SERVER_ROLE, engine_identity, import_casa, prepare_engine, set_command_log_level
+from .server_side import (
+    SERVER_ROLE,
+    casa_import_state_path,
+    engine_identity,
+    join_casa_import,
+    prepare_engine,
+    set_command_log_level,
+    start_casa_import,
+)
 
 __all__ = [
     "ClusterSession",
@@ -132,7 +139,7 @@ class ClusterSession:
         self._stopped = False
         self._lock = threading.Lock()
         self._casa_installed = False
-        self._casa_import: dict[int, Any] = {}
+        self._casa_import_started = False
 
     @classmethod
     def _open(
@@ -347,14 +354,14 @@ class ClusterSession:
     def _start_casa_import(self) -> None:
         """Import CASA on every server in the background, so the first CASA command need not wait."""
         self._casa_installed = casa_env.casa_available()
-        if self._casa_installed and self.settings.import_casa:
-            self._casa_import = {info.server: self.client[info.engine].apply_async(import_casa) for info in self.servers}
+        self._casa_import_started = self._casa_installed and self.settings.import_casa
+        if self._casa_import_started:
+            self.run_on_servers(start_casa_import)
 
     def wait_for_casa(self, timeout: float | None = None) -> dict[int, str]:
-        """Wait for the background CASA import (at most ``timeout`` seconds); return each server's state."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for result in self._casa_import.values():
-            result.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        """Wait (at most ``timeout`` s) for the background CASA import to end; return each server's state."""
+        if self._casa_import_started:
+            self.run_on_servers(join_casa_import, timeout, timeout=None if timeout is None else timeout + 30)
         return {info.server: self.casa_state(info.server) for info in self.servers}
 
     def casa_state(self, server: int) -> str:
@@ -363,20 +370,17 @@ class ClusterSession:
         One of ``'ready'``, ``'importing'`` (the background import started
         with the servers is still running), ``'on first use'`` (no background
         import: ``CASA_MAGICS_IMPORT_CASA=0``), ``'not installed'`` (no
-        ``casa`` extra here) or ``'failed: <why>'``.
+        ``casa`` extra here) or ``'failed: <why>'``. Read from the server's
+        state file in the run directory, without disturbing the server.
         """
         if not self._casa_installed:
             return "not installed"
-        result = self._casa_import.get(server)
-        if result is None:
+        if not self._casa_import_started:
             return "on first use"
-        if not result.ready():
-            return "importing"
         try:
-            result.get(0)
-        except Exception as error:  # the import's own error, shown in one line
-            return "failed: " + " ".join(str(error).split())[:200]
-        return "ready"
+            return casa_import_state_path(self.run_dir, server).read_text() or "importing"
+        except OSError:  # not written yet, or on another host's disk
+            return "importing"
 
     def run_on_servers(self, function: Any, *args: Any, timeout: float | None = None) -> dict[int, Any]:
         """Call ``function(*args)`` once on every registered server and wait.
@@ -396,6 +400,7 @@ class ClusterSession:
     def set_command_log_level(self, level: str | None) -> None:
         """CASA log priority at which every server notes each request (None: no notes)."""
         self.run_on_servers(set_command_log_level, level)
+
 
     @property
     def owns_cluster(self) -> bool:
