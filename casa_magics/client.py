@@ -18,6 +18,7 @@ from .checks import check_block, short
 from .commands import check_parameters, compile_command
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
+from .waiting import deferred_interrupts, wait_interactive
 
 __all__ = ["CommandClient", "MPICommandClient", "LOG_MODES", "CASA_LOG_LEVELS"]
 
@@ -207,9 +208,11 @@ class CommandClient:
         checked = check_parameters(parameters)
         dispatcher = self._services()
         targets = dispatcher.session.servers.parse_targets(target_server)
-        ids = dispatcher.push(compiled, checked, targets, os.getcwd() if self.follow_cwd else None)
-        if block:
-            return dispatcher.responses(ids, block=True)
+        # A Ctrl-C during the push is held until the requests are sent, so none is half-sent.
+        with deferred_interrupts():
+            ids = dispatcher.push(compiled, checked, targets, os.getcwd() if self.follow_cwd else None)
+            if block:
+                return dispatcher.responses(ids, block=True)
         return ids
 
     # ---------------------------------------------------------------- getting
@@ -238,12 +241,37 @@ class CommandClient:
         ------
         CommandRequestError
             For a malformed or unknown request ID.
+        KeyboardInterrupt
+            On Ctrl-C during a blocking wait; the requests keep running.
         """
         check_block(block)
         ids = flatten_request_ids(command_request_id_list)
         if not ids:
             return []
-        return self._services().responses(ids, block=block, timeout=timeout)
+        if not block:
+            return self._services().responses(ids, block=False)
+        with deferred_interrupts():
+            return self._services().responses(ids, block=True, timeout=timeout)
+
+    def wait_interactive(self, command_request_id_list: int | list, timeout: float | None = None) -> None:
+        """Wait for the responses of earlier requests, with a progress bar when it is not short. (Not in casampi.)
+
+        ipyparallel's ``AsyncResult.wait_interactive``: the bar (done/total,
+        elapsed) appears after 0.5 s for several requests, 1 s for one; in
+        Jupyter it is left complete, in a terminal erased. Collect the
+        responses with :meth:`get_command_response` afterwards.
+
+        Raises
+        ------
+        TimeoutError
+            After ``timeout`` seconds; the requests keep running.
+        KeyboardInterrupt
+            On Ctrl-C; the requests keep running.
+        """
+        ids = flatten_request_ids(command_request_id_list)
+        if ids:
+            with deferred_interrupts():
+                self._services().wait(ids, timeout=timeout, progress=True)
 
     def get_command_response_event(self, command_request_id_list: int | list) -> threading.Event:
         """A :class:`threading.Event` that is set once every listed request has a response."""
@@ -256,7 +284,7 @@ class CommandClient:
         """
         dispatcher = self._services()
         pending = dispatcher.unfinished_ids()
-        return not pending or dispatcher.event_for(pending).wait(timeout)
+        return not pending or wait_interactive(dispatcher.event_for(pending), timeout=timeout)
 
     def get_command_request_list(self) -> dict[int, dict[str, Any]]:
         """Every request this client knows, finished or not, keyed by request ID."""

@@ -44,6 +44,7 @@ from .run_dir import keep_run_dir
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
 from .server_map import GONE, STOPPED, ServerInfo
 from .server_side import request_runner
+from .waiting import wait_interactive
 
 __all__ = ["Dispatcher", "flatten_request_ids", "MAX_IN_FLIGHT", "MAX_BATCH", "BATCH_WINDOW"]
 
@@ -406,23 +407,41 @@ class Dispatcher:
         with self._lock:
             self._waiters = [(ids, e) for ids, e in self._waiters if e is not event]
 
+    def wait(self, request_ids: list[int], timeout: float | None = None, progress: bool = False) -> None:
+        """Block until every listed request has a response.
+
+        At most ``timeout`` seconds, then :class:`TimeoutError` (the requests
+        keep running; nothing is lost). With ``progress``, a progress bar
+        shows when the wait is not short. Ctrl-C raises
+        :class:`KeyboardInterrupt`, wherever in the call it arrives (see
+        :func:`~casa_magics.waiting.wait_interactive`).
+        """
+        event = self.event_for(request_ids)  # unknown IDs fail before any wait
+        try:
+            if not wait_interactive(
+                event, total=len(request_ids), done=lambda: self._count_finished(request_ids),
+                timeout=timeout, progress=progress,
+            ):
+                with self._lock:
+                    pending = [r.id for r in self._known(request_ids) if not r.finished]
+                raise TimeoutError(f"requests {pending} have no response after {timeout:g} s")
+        finally:
+            self._forget_waiter(event)
+
+    def _count_finished(self, request_ids: list[int]) -> int:
+        with self._lock:
+            return sum(1 for r in self._known(request_ids) if r.finished)
+
     def responses(self, request_ids: list[int], block: bool, timeout: float | None = None) -> list[dict]:
         """Response dicts of the given requests, in the order given.
 
-        Blocking waits for all of them (at most ``timeout`` seconds, then
-        :class:`TimeoutError`); non-blocking leaves out those not finished.
+        Blocking waits for all of them (see :meth:`wait`); non-blocking
+        leaves out those not finished.
         """
         with self._lock:
             self._known(request_ids)  # unknown IDs fail before any wait
         if block:
-            event = self.event_for(request_ids)
-            try:
-                if not event.wait(timeout):
-                    with self._lock:
-                        pending = [r.id for r in self._known(request_ids) if not r.finished]
-                    raise TimeoutError(f"requests {pending} have no response after {timeout:g} s")
-            finally:
-                self._forget_waiter(event)
+            self.wait(request_ids, timeout)
         with self._lock:
             return [self._response(r) for r in self._known(request_ids) if r.finished]
 

@@ -11,10 +11,13 @@ Returned values stay plain: request IDs are a ``list`` of ints, responses a
 only add a table for IPython's display (HTML in Jupyter, text in a terminal).
 They compare equal to plain lists and dicts, and ``repr()`` shows them as such.
 
-A blocking wait waits on ``get_command_response_event`` and shows a progress
-bar (done/total, elapsed) once it has lasted :data:`PROGRESS_AFTER_SEVERAL`
-seconds for several requests or :data:`PROGRESS_AFTER_ONE` for one; in
-Jupyter the bar is left complete, in a terminal it is erased.
+A blocking wait is the client's ``wait_interactive`` (one implementation for
+the facade and the magics, :mod:`casa_magics.waiting`): it shows a progress
+bar (done/total, elapsed) once it has lasted
+:data:`~casa_magics.waiting.PROGRESS_AFTER_SEVERAL` seconds for several
+requests or :data:`~casa_magics.waiting.PROGRESS_AFTER_ONE` for one; in
+Jupyter the bar is left complete, in a terminal it is erased. Ctrl-C stops
+the wait wherever it lands; the requests keep running.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import argparse
 import contextlib
 import re
 import sys
-import time
 from typing import Any, Iterator
 
 from IPython.core.error import UsageError
@@ -34,20 +36,13 @@ from .casampi_layer import enable_casampi
 from .client import MPICommandClient
 from .checks import short
 from .commands import compile_command
-from .display import ProgressBar, ResponseList, ServerStatus, echo_streams
+from .display import ResponseList, ServerStatus, echo_streams
 from .config import load_settings
 from .dispatcher import flatten_request_ids
 from .errors import ClusterError, CommandRequestError, SettingError
 from .session import ClusterSession, current_session, has_current_session, set_current_session
 
 __all__ = ["CasaMagics", "load_ipython_extension", "unload_ipython_extension", "split_options"]
-
-#: Seconds a wait on one request runs before a progress bar appears.
-PROGRESS_AFTER_ONE = 1.0
-#: Seconds a wait on several requests runs before a progress bar appears.
-PROGRESS_AFTER_SEVERAL = 0.5
-#: Seconds between progress updates (the wait itself ends as soon as the responses are in).
-PROGRESS_STEP = 0.2
 
 _NO_CLUSTER = "no cluster is running: %casa_cluster start starts one (so does the first %casa_push)"
 _OPTION = re.compile(r"-[A-Za-z-]")
@@ -186,30 +181,13 @@ class CasaMagics(Magics):
         return ids
 
     def _wait(self, client: MPICommandClient, ids: list[int], timeout: float | None) -> list[dict[str, Any]]:
-        """Wait for the responses of ``ids``, with a progress bar when the wait is not short."""
-        started = time.monotonic()
-        everything = client.get_command_response_event(ids)
-        show_after = PROGRESS_AFTER_SEVERAL if len(ids) > 1 else PROGRESS_AFTER_ONE
-        bar: ProgressBar | None = None
-
-        def step() -> float:
-            waited = time.monotonic() - started
-            wait = PROGRESS_STEP if bar is not None else max(show_after - waited, 0.0)
-            return wait if timeout is None else min(wait, max(timeout - waited, 0.0))
-
+        """Wait for the responses of ``ids`` (``client.wait_interactive``), then return them."""
         try:
-            while not everything.wait(step()):
-                waited = time.monotonic() - started
-                if timeout is not None and waited >= timeout:
-                    answered = {response["id"] for response in client.get_command_response(ids)}
-                    pending = [i for i in ids if i not in answered]
-                    raise UsageError(
-                        f"requests {pending} have no response after {timeout:g} s; "
-                        f"they keep running: %casa_get -b {','.join(map(str, pending))} waits again"
-                    )
-                if waited >= show_after:
-                    bar = bar or ProgressBar(len(ids), started=started)
-                    bar.update(len(client.get_command_response(ids)))
+            client.wait_interactive(ids, timeout=timeout)
+        except TimeoutError as error:
+            answered = {response["id"] for response in client.get_command_response(ids)}
+            pending = [i for i in ids if i not in answered]
+            raise UsageError(f"{error}; they keep running: %casa_get -b {','.join(map(str, pending))} waits again") from None
         except KeyboardInterrupt:
             again = ",".join(map(str, ids))
             print(
@@ -218,9 +196,6 @@ class CasaMagics(Magics):
                 file=sys.stderr,
             )
             raise
-        finally:
-            if bar is not None:
-                bar.close(len(client.get_command_response(ids)))
         return client.get_command_response(ids)
 
     def _show(self, responses: list[dict[str, Any]]) -> ResponseList:
