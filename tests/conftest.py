@@ -3,6 +3,11 @@
 One embedded cluster of two MPI servers serves every test that leaves the
 servers as it found them (``client``). Tests that kill or stop servers make
 their own cluster (``own_cluster``) so the shared one is never harmed.
+
+Tests wait for a state with :func:`wait_until` (a deadline, never a fixed
+sleep) and change the environment only through ``monkeypatch``; the
+session-wide settings below use ``pytest.MonkeyPatch.context()``, because the
+``monkeypatch`` fixture cannot be session-scoped.
 """
 
 from __future__ import annotations
@@ -11,23 +16,39 @@ import dataclasses
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
-# Engines inherit PATH: the venv's bin must come first so mpiexec is the mpich wheel's.
-os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-# Clusters in tests import CASA when a test asks, not in the background (2 cores; see test_session).
-os.environ.setdefault("CASA_MAGICS_IMPORT_CASA", "0")
-
-from casa_magics import ClusterSession, CommandClient, MPICommandClient, set_current_session  # noqa: E402
-from casa_magics.config import load_settings  # noqa: E402
+from casa_magics import ClusterSession, CommandClient, MPICommandClient, set_current_session
+from casa_magics.config import load_settings
 
 WAIT = 60  # seconds: the longest any test waits for anything
+#: The venv's bin, first on PATH for the tests and the engines they start, so mpiexec is the mpich wheel's.
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, message: str = "the state waited for") -> Any:
+    """Return ``predicate()``'s first true value; fail if none comes within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message}: not reached within {timeout:g} s")
+        time.sleep(0.01)
+
+
+def started_marker(path: Path) -> str:
+    """Code that, run first in a command on a server, creates ``path``: proof that the command is running."""
+    return f"open({str(path)!r}, 'w').close()"
 
 
 def pytest_collection_modifyitems(config, items):
-    if shutil.which("mpiexec") is None:
+    if shutil.which("mpiexec", path=VENV_BIN + os.pathsep + os.environ.get("PATH", "")) is None:
         skip = pytest.mark.skip(reason="mpiexec not found: install the mpich wheel (make install)")
         for item in items:
             if "needs_mpi" in item.keywords:
@@ -39,10 +60,25 @@ def run_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("run")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_environment(run_dir):
+    """The environment of the whole run, put back at its end.
+
+    The venv's bin first on PATH (engines inherit it); the shared run
+    directory; CASA imported on the servers when a test asks, not in the
+    background (2 cores; see test_session), unless the caller chose.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+        patch.setenv("CASA_MAGICS_RUN_DIR", str(run_dir))
+        if "CASA_MAGICS_IMPORT_CASA" not in os.environ:
+            patch.setenv("CASA_MAGICS_IMPORT_CASA", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
-def session(run_dir):
+def session(test_environment):
     """The shared embedded cluster: two MPI servers."""
-    os.environ["CASA_MAGICS_RUN_DIR"] = str(run_dir)
     cluster = ClusterSession.start(n=2, timeout=WAIT)
     set_current_session(cluster)
     yield cluster
@@ -60,12 +96,12 @@ def client(session) -> MPICommandClient:
 
 
 @pytest.fixture
-def own_cluster(tmp_path):
+def own_cluster(tmp_path, monkeypatch):
     """A fresh cluster of three MPI servers for one test that may break it."""
     clients = []
 
     def start(n: int = 3, engine_command=None, **settings) -> CommandClient:
-        os.environ["CASA_MAGICS_RUN_DIR"] = str(tmp_path)
+        monkeypatch.setenv("CASA_MAGICS_RUN_DIR", str(tmp_path))
         chosen = dataclasses.replace(load_settings(), **settings)
         cluster = ClusterSession.start(n=n, timeout=WAIT, engine_command=engine_command, settings=chosen)
         command_client = CommandClient(cluster)

@@ -10,7 +10,7 @@ import pytest
 from casa_magics import CommandClient, CommandRequestError, MPICommandClient, MPIEnvironment
 from casa_magics.requests import RESPONSE_KEYS
 
-from .conftest import WAIT
+from .conftest import WAIT, started_marker, wait_until
 
 pytestmark = pytest.mark.needs_mpi
 
@@ -67,9 +67,10 @@ def test_command_that_compiles_as_neither_is_rejected_before_sending(client):
 
 
 # ---------------------------------------------------------------- targets
-def test_untargeted_request_goes_to_first_free_server(client):
-    slow = client.push_command_request("import time; time.sleep(2)", target_server=1)
-    time.sleep(0.2)
+def test_untargeted_request_goes_to_first_free_server(client, tmp_path):
+    marker = tmp_path / "slow-started"
+    slow = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(2)", target_server=1)
+    wait_until(marker.exists, message="the slow request running on server 1")
     start = time.time()
     (quick,) = client.push_command_request("1 + 1", block=True)
     waited = time.time() - start
@@ -213,9 +214,10 @@ def test_stdout_and_stderr_are_kept_per_response(client):
 
 
 # ---------------------------------------------------------------- monitoring
-def test_server_status_has_reference_fields(client):
-    slow = client.push_command_request("import time; time.sleep(1)", target_server=2)
-    time.sleep(0.2)
+def test_server_status_has_reference_fields(client, tmp_path):
+    marker = tmp_path / "slow-started"
+    slow = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(1)", target_server=2)
+    wait_until(marker.exists, message="the slow request running on server 2")
     status = client.get_server_status()
     assert sorted(status) == [1, 2]
     for key in ("rank", "processor", "pid", "busy", "command", "command_start_time", "timeout"):

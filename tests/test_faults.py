@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
-from casa_magics import CommandRequestError
+from casa_magics import CommandRequestError, waiting
 
-from .conftest import WAIT
+from .conftest import WAIT, started_marker, wait_until
 
 pytestmark = pytest.mark.needs_mpi
 
 
-def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster):
+def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster, tmp_path):
     client = own_cluster(n=3, server_timeout=5)
     client.push_command_request("kept = 'state'", block=True, target_server=[1, 3])
     info = client.session.servers.info(2)
-    running = client.push_command_request("import time; time.sleep(30)", target_server=2)
+    marker = tmp_path / "running-started"
+    running = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=2)
     queued = client.push_command_request("'behind'", target_server=2)
     others_busy = client.push_command_request("import time; time.sleep(2)", target_server=[1, 3])
     held = [client.push_command_request("casa_server_id")[0] for _ in range(4)]
-    time.sleep(0.5)
+    wait_until(marker.exists, message="the long request running on server 2")
     os.kill(info.pid, signal.SIGKILL)
     killed_at = time.time()
     responses = client.get_command_response([running, queued], block=True, timeout=WAIT)
@@ -62,42 +64,85 @@ def test_stopped_server_times_out_then_its_real_answer_replaces_the_timeout(own_
         assert client.push_command_request("casa_server_id", block=True)[0]["server"] == 1
     finally:
         os.kill(info.pid, signal.SIGCONT)
-    event = client.get_command_response_event(running)
-    deadline = time.time() + WAIT
-    while client.get_command_response(running)[0]["status"] != "response received" and time.time() < deadline:
-        event.wait(0.2)
-    (replaced,) = client.get_command_response(running)
+    (replaced,) = wait_until(
+        lambda: [r for r in client.get_command_response(running) if r["status"] == "response received"],
+        message="server 2's real answer after SIGCONT",
+    )
     assert (replaced["status"], replaced["successful"], replaced["ret"]) == ("response received", True, "real answer")
     assert client.get_server_status()[2]["timeout"] is False
     assert client.push_command_request("casa_server_id", block=True, target_server=2)[0]["ret"] == 2
 
 
 # ------------------------------------------------------------- Ctrl-C
-def interrupt_main_in(seconds: float) -> threading.Timer:
-    """Send this process a real SIGINT after ``seconds``, as Ctrl-C would."""
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
+def main_thread_is_waiting() -> bool:
+    """True while the main thread is blocked in casa_magics' wait for responses."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "_wait_a_while" and frame.f_code.co_filename == waiting.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
-def test_ctrl_c_stops_a_blocking_get_and_loses_nothing(client):
-    ids = client.push_command_request("__import__('time').sleep(2) or 'finished'", target_server=[1, 2])
-    interrupt_main_in(0.3)
+def interrupt_main_when(ready, to_this_thread: bool = False) -> threading.Thread:
+    """Send a real SIGINT, as Ctrl-C would, once ``ready()`` is true (within WAIT seconds).
+
+    The signal goes to the process (the kernel gives it to the main thread),
+    or, with ``to_this_thread``, to the helper thread itself: the kernel may
+    do that too, and then the main thread is not woken by it.
+    """
+
+    def interrupt() -> None:
+        wait_until(ready, message="the state to interrupt in")
+        if to_this_thread:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt, name="ctrl-c", daemon=True)
+    helper.start()
+    return helper
+
+
+def running_on_both(tmp_path):
+    """A command that runs 3 s on servers 1 and 2, and a check that both have started it."""
+    markers = [tmp_path / f"started-{server}" for server in (1, 2)]
+    marker = f"open({str(tmp_path)!r} + '/started-' + str(casa_server_id), 'w').close()"
+    return f"{marker} or __import__('time').sleep(3) or 'finished'", lambda: all(m.exists() for m in markers)
+
+
+@pytest.mark.parametrize("to_this_thread", [False, True], ids=["to-process", "to-another-thread"])
+def test_ctrl_c_stops_a_blocking_get_and_loses_nothing(client, tmp_path, to_this_thread):
+    command, both_started = running_on_both(tmp_path)
+    ids = client.push_command_request(command, target_server=[1, 2])
+    helper = interrupt_main_when(lambda: both_started() and main_thread_is_waiting(), to_this_thread)
     with pytest.raises(KeyboardInterrupt):
         client.get_command_response(ids, block=True, timeout=WAIT)
+    helper.join(WAIT)
     states = client.get_command_request_list()
-    assert [states[i]["status"] for i in ids] == ["request sent", "request sent"]
+    assert [states[i]["status"] for i in ids] == ["request sent", "request sent"]  # stopped before the answers
     responses = client.get_command_response(ids, block=True, timeout=WAIT)
     assert [r["ret"] for r in responses] == ["finished", "finished"], responses[0]["traceback"]
 
 
 def test_ctrl_c_during_a_blocking_push_loses_nothing(client):
     before = max(client.get_command_request_list(), default=0)
-    interrupt_main_in(0.3)
+    helper = interrupt_main_when(main_thread_is_waiting)
     with pytest.raises(KeyboardInterrupt):
         client.push_command_request("__import__('time').sleep(1.5) or 'pushed'", block=True, target_server=1)
+    helper.join(WAIT)
     (request_id,) = [i for i in client.get_command_request_list() if i > before]
     assert client.get_command_response(request_id, block=True, timeout=WAIT)[0]["ret"] == "pushed"
+
+
+def test_ctrl_c_while_the_request_is_being_sent_is_held_until_it_is_sent(client):
+    before = max(client.get_command_request_list(), default=0)
+    with pytest.raises(KeyboardInterrupt):
+        with waiting.deferred_interrupts():  # what push_command_request does around sending
+            os.kill(os.getpid(), signal.SIGINT)
+            ids = client.push_command_request("'sent whole'", target_server=1)
+    assert [i for i in client.get_command_request_list() if i > before] == ids
+    assert client.get_command_response(ids, block=True, timeout=WAIT)[0]["ret"] == "sent whole"
 
 
 # ------------------------------------------------------------- odd results
@@ -162,11 +207,12 @@ def test_cancel_a_request_still_in_the_holding_queue(client):
     client.get_command_response(busy, block=True, timeout=WAIT)
 
 
-def test_cancel_a_running_request_interrupts_only_it(client):
+def test_cancel_a_running_request_interrupts_only_it(client, tmp_path):
     client.push_command_request("survivor = 'kept'", block=True, target_server=1)
-    (running,) = client.push_command_request("import time; time.sleep(30)", target_server=1)
+    marker = tmp_path / "running-started"
+    (running,) = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=1)
     (after,) = client.push_command_request("survivor", target_server=1)
-    time.sleep(0.5)
+    wait_until(marker.exists, message="the long request running on server 1")
     assert client.abort_command_request([running]) == {running: "interrupted while running"}
     cancelled, following = client.get_command_response([running, after], block=True, timeout=WAIT)
     assert cancelled["status"] == "cancelled" and cancelled["successful"] is False

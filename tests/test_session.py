@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -16,7 +15,7 @@ import pytest
 from casa_magics import ClusterError, ClusterSession, CommandClient
 from casa_magics.config import load_settings
 
-from .conftest import WAIT
+from .conftest import WAIT, wait_until
 
 pytestmark = pytest.mark.needs_mpi
 
@@ -112,10 +111,8 @@ def ipcluster(tmp_path_factory):
     command = [sys.executable, "-m", "ipyparallel.cluster", "start", "--engines=MPI", "-n", "2", "--cluster-id=cmtest", "--ip=127.0.0.1"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client_file = ipython_dir / "profile_default" / "security" / "ipcontroller-cmtest-client.json"
-    deadline = time.time() + WAIT
-    while not client_file.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert client_file.exists(), process.stdout.read().decode() if process.poll() is not None else "no connection file"
+    wait_until(lambda: client_file.exists() or process.poll() is not None, message="ipcluster's connection file")
+    assert client_file.exists(), process.stdout.read().decode()
     yield ipython_dir, client_file
     subprocess.run([sys.executable, "-m", "ipyparallel.cluster", "stop", "--cluster-id=cmtest"], env=env, timeout=WAIT)
     process.wait(timeout=WAIT)
