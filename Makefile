@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-casa clean
 
 install: $(VENV)/.installed
 
@@ -26,8 +26,14 @@ test: install
 	$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 		--nbval-cell-timeout=300 tests notebooks
 
+# Both benchmarks: dispatch speed, then casatasks' parallel tasks (a few minutes).
 bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py
+	$(BIN)/python benchmarks/bench_casa_tasks.py
+
+# casatasks' MMS tasks and tclean, serial vs 2 servers; BENCH_CASA_ARGS="--json out.json --reference".
+bench-casa: install
+	$(BIN)/python benchmarks/bench_casa_tasks.py $(BENCH_CASA_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
