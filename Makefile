@@ -29,6 +29,7 @@ test: install
 # Both benchmarks: dispatch speed, then casatasks' parallel tasks (a few minutes).
 bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py
+	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_casa_tasks.py
 
 # casatasks' MMS tasks and tclean, serial vs 2 servers; BENCH_CASA_ARGS="--json out.json --reference".

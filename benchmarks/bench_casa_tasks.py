@@ -79,6 +79,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from markdown_table import table  # noqa: E402  (beside this script)
 
 # Only the standard library at module level: the reference side runs this file
 # under the reference venv's Python, which has casampi but not casa_magics.
@@ -450,16 +451,6 @@ def _site_config(path: Path, python: str) -> Path:
                               capture_output=True, text=True, timeout=120, check=True).stdout.strip()
     path.write_text(site_config_text(path.parent, measurespath=datapath, log_name="casa.log"))
     return path
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        lines.append("| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |")
-        if index == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def _agree(a: dict, b: dict) -> list[str]:

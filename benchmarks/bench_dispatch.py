@@ -38,6 +38,7 @@ import ipyparallel as ipp
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 from casa_magics import ClusterSession, CommandClient  # noqa: E402
+from markdown_table import table  # noqa: E402  (beside this script)
 
 
 def round_trips_ms(view: ipp.DirectView, client: CommandClient, repeat: int) -> tuple[float, float]:
@@ -124,16 +125,6 @@ def floor_memory_mb(rc: ipp.Client, n: int) -> float:
     tracemalloc.stop()
     del results
     return held * 100_000 / n / 1e6
-
-
-def table(rows: list[tuple[str, str, str, str, str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = []
-    for index, row in enumerate(rows):
-        lines.append("| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |")
-        if index == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
