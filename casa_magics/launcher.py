@@ -15,7 +15,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LaunchPlan", "plan_launch", "launch_command", "find_mpiexec", "is_hydra", "KEEPER_SCRIPT"]
+__all__ = [
+    "LaunchPlan",
+    "plan_launch",
+    "launch_command",
+    "find_mpiexec",
+    "is_hydra",
+    "open_mpi_defaults",
+    "KEEPER_SCRIPT",
+]
 
 #: The per-rank keeper, run as a script so that it imports nothing but the standard library.
 KEEPER_SCRIPT = str(Path(__file__).with_name("engine_keeper.py"))
@@ -58,6 +66,32 @@ def is_hydra(mpiexec_path: str) -> bool:
     return "hydra" in os.path.realpath(mpiexec_path) or Path(mpiexec_path).with_name("hydra_pmi_proxy").exists()
 
 
+def open_mpi_defaults(extra_args: list[str] = (), *, as_root: bool = False) -> list[str]:
+    """Open MPI's ``mpiexec`` options that make it behave like a casampi cluster.
+
+    Each one is left out when the user's own arguments already decide it.
+
+    - ``--oversubscribe``: more servers than cores is normal (MPICH's hydra
+      allows it without asking).
+    - ``--bind-to none``: the servers' CASA threads may use any core.
+    - ``--enable-recovery``: one server's death is its own; without it Open
+      MPI ends the whole job.
+    - ``--allow-run-as-root``: only as root (containers, CI), where Open MPI
+      otherwise refuses to start.
+    """
+    given = " ".join(extra_args)
+    defaults = []
+    if not any(word in given for word in ("--oversubscribe", "--nooversubscribe", "--map-by", "OVERSUBSCRIBE")):
+        defaults.append("--oversubscribe")
+    if "--bind-to" not in given:
+        defaults += ["--bind-to", "none"]
+    if "--enable-recovery" not in given and "--disable-recovery" not in given:
+        defaults.append("--enable-recovery")
+    if as_root and "--allow-run-as-root" not in given:
+        defaults.append("--allow-run-as-root")
+    return defaults
+
+
 def plan_launch(
     mpiexec_path: str,
     *,
@@ -66,6 +100,7 @@ def plan_launch(
     hostfile: str | None = None,
     engine_command: list[str] | None = None,
     python: str = sys.executable,
+    as_root: bool | None = None,
 ) -> LaunchPlan:
     """Decide how ``mpiexec`` starts the servers.
 
@@ -83,6 +118,9 @@ def plan_launch(
         The engine program (default: ``python -m ipyparallel.engine``).
     python : str
         The Python that runs the per-rank keeper.
+    as_root : bool, optional
+        Whether the servers run as root (default: whether this process does);
+        Open MPI must then be told it may.
 
     Returns
     -------
@@ -93,9 +131,13 @@ def plan_launch(
     Each rank runs a small keeper around its engine, so one server's death
     is its own: hydra ends a whole job when one rank dies from a signal, so
     the keeper exits instead, and hydra is told to tolerate that
-    (``-disable-auto-cleanup``).
+    (``-disable-auto-cleanup``). Open MPI is told the same with
+    ``--enable-recovery`` (see :func:`open_mpi_defaults`).
     """
-    args = (["-disable-auto-cleanup"] if hydra else []) + list(extra_args)
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    defaults = ["-disable-auto-cleanup"] if hydra else open_mpi_defaults(extra_args, as_root=as_root)
+    args = defaults + list(extra_args)
     if hostfile:
         args += ["-f" if hydra else "--hostfile", hostfile]
     engine = list(engine_command or [python, "-m", "ipyparallel.engine"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from casa_magics.launcher import KEEPER_SCRIPT, launch_command, plan_launch
+from casa_magics.launcher import KEEPER_SCRIPT, launch_command, open_mpi_defaults, plan_launch
 
 PY = "/venv/bin/python"
+OMPI = ["--oversubscribe", "--bind-to", "none", "--enable-recovery"]
 ENGINE = [PY, "-m", "ipyparallel.engine"]
 KEEPER = [PY, "-I", KEEPER_SCRIPT]
 
@@ -15,15 +16,16 @@ KEEPER = [PY, "-I", KEEPER_SCRIPT]
     ("hydra", "extra", "hostfile", "expected_args"),
     [
         (True, [], None, ["-disable-auto-cleanup"]),
-        (False, [], None, []),
+        (False, [], None, OMPI),
         (True, [], "hosts.txt", ["-disable-auto-cleanup", "-f", "hosts.txt"]),
-        (False, [], "hosts.txt", ["--hostfile", "hosts.txt"]),
+        (False, [], "hosts.txt", OMPI + ["--hostfile", "hosts.txt"]),
         (True, ["-ppn", "2"], "h", ["-disable-auto-cleanup", "-ppn", "2", "-f", "h"]),
-        (False, ["--oversubscribe", "--bind-to", "none"], None, ["--oversubscribe", "--bind-to", "none"]),
+        (False, ["--oversubscribe", "--bind-to", "core"], None, ["--enable-recovery", "--oversubscribe", "--bind-to", "core"]),
+        (False, ["--map-by", "ppr:2:node"], None, ["--bind-to", "none", "--enable-recovery", "--map-by", "ppr:2:node"]),
     ],
 )
 def test_launcher_arguments_for_each_mpi(hydra, extra, hostfile, expected_args):
-    plan = plan_launch("/bin/mpiexec", hydra=hydra, extra_args=extra, hostfile=hostfile, python=PY)
+    plan = plan_launch("/bin/mpiexec", hydra=hydra, extra_args=extra, hostfile=hostfile, python=PY, as_root=False)
     assert plan.mpi_cmd == ["/bin/mpiexec"]
     assert plan.mpi_args == expected_args
     assert plan.engine_cmd == KEEPER + ENGINE
@@ -34,6 +36,12 @@ def test_the_whole_command_line_is_what_ipyparallel_runs():
     assert launch_command(plan, 3, ["--profile-dir=/p"]) == [
         "/bin/mpiexec", "-n", "3", "-disable-auto-cleanup", "-f", "h", *KEEPER, "wrap", "engine", "--mpi", "--profile-dir=/p",
     ]
+
+
+def test_open_mpi_is_allowed_to_run_as_root_only_when_it_must():
+    assert "--allow-run-as-root" in open_mpi_defaults([], as_root=True)
+    assert "--allow-run-as-root" not in open_mpi_defaults([], as_root=False)
+    assert open_mpi_defaults(["--allow-run-as-root"], as_root=True).count("--allow-run-as-root") == 0
 
 
 def test_the_keeper_imports_only_the_standard_library():
