@@ -14,6 +14,7 @@ import time
 from typing import IO, Any, Iterable, Mapping
 
 from .checks import clip
+from .memory import format_bytes
 from .requests import RECEIVED
 
 __all__ = [
@@ -216,6 +217,8 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
             health = "not answering"
         else:
             health = "ok"
+        if state.get("replaced") and not state.get("lost"):  # a replacement: its state is fresh
+            health += f"; {state['replaced']}"
         running_for = state.get("running_for")
         rows.append(
             {
@@ -232,12 +235,19 @@ def _status_rows(status: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]
         )
         if "casa" in state:  # whether CASA is imported there (get_server_status() says)
             rows[-1]["CASA"] = state["casa"]
+        if "memory" in state:  # resident memory, "of" the limit when one is set
+            limit = state.get("memory_limit")
+            rows[-1]["memory"] = format_bytes(state["memory"]) + (f" of {format_bytes(limit)}" if limit else "")
     return rows
 
 
 def _status_caption(status: Mapping[int, Mapping[str, Any]]) -> str:
     logs = {os.path.dirname(str(state["log"])) for state in status.values() if state.get("log")}
-    return "CASA server status" + (f" (logs in {logs.pop()})" if len(logs) == 1 else "")
+    caption = "CASA server status" + (f" (logs in {logs.pop()})" if len(logs) == 1 else "")
+    available = {state.get("available_memory") for state in status.values()} - {None}
+    if available:  # the machine's, as the client sees it
+        caption += f"; {format_bytes(max(available))} of memory available"
+    return caption
 
 
 def status_html(status: Mapping[int, Mapping[str, Any]]) -> str:

@@ -21,6 +21,7 @@ It must therefore import nothing but the standard library.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -52,7 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     for signum in _FORWARDED:
         signal.signal(signum, lambda received, _frame: engine.send_signal(received))
     code = engine.wait()
+    _note_exit(engine.pid, code)
     return code if code >= 0 else 128 - code
+
+
+def _note_exit(pid: int, code: int) -> None:
+    """Write how the engine ended (``-9``: SIGKILL) where the client looks when the server is lost.
+
+    The file is ``<run dir>/engine-<pid>.exit`` (see casa_magics.replacement.exit_note_path).
+    """
+    run_dir = os.environ.get("CASA_MAGICS_RUN_DIR")
+    if not run_dir:
+        return
+    try:
+        with open(os.path.join(run_dir, f"engine-{pid}.exit"), "w") as note:
+            note.write(str(code))
+    except OSError:  # a note is never worth more than the exit itself
+        pass
 
 
 if __name__ == "__main__":

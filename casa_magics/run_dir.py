@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import Settings, load_settings
 
-__all__ = ["default_run_dir", "keep_run_dir"]
+__all__ = ["default_run_dir", "keep_run_dir", "release_run_dir", "is_temporary_run_dir"]
 
 _lock = threading.Lock()
 _created: Path | None = None  # the temporary directory this process made, if any
@@ -54,6 +54,20 @@ def keep_run_dir(reason: str) -> None:
     with _lock:
         if reason not in _kept_because:
             _kept_because.append(reason)
+
+
+def release_run_dir(reason: str) -> bool:
+    """Withdraw a :func:`keep_run_dir` reason; True when no other reason keeps the directory."""
+    with _lock:
+        if reason in _kept_because:
+            _kept_because.remove(reason)
+        return not _kept_because
+
+
+def is_temporary_run_dir(path: str | Path) -> bool:
+    """True for a temporary run directory casa_magics made (here or in another process)."""
+    path = Path(path)
+    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith("casa-magics-")
 
 
 def _remove_at_exit(path: Path, keep: bool) -> None:

@@ -35,6 +35,8 @@ class ServerInfo:
     rank: int | None
     host: str
     pid: int
+    #: True for a server that replaced a lost one: its engine runs in an MPI world of its own.
+    replaced: bool = False
 
     @property
     def on_this_host(self) -> bool:
@@ -103,6 +105,15 @@ class ServerMap:
         self._servers = dict(sorted(servers.items()))
         self._by_engine = {info.engine: info for info in self._servers.values()}
 
+    @classmethod
+    def from_infos(cls, infos: list[ServerInfo], mpi: bool) -> "ServerMap":
+        """A map of known servers, e.g. a detached cluster's as recorded when it started."""
+        self = cls.__new__(cls)
+        self.mpi = mpi
+        self._servers = {info.server: info for info in sorted(infos, key=lambda info: info.server)}
+        self._by_engine = {info.engine: info for info in self._servers.values()}
+        return self
+
     def __len__(self) -> int:
         return len(self._servers)
 
@@ -128,6 +139,30 @@ class ServerMap:
     def server_of(self, engine: int) -> int:
         """The server ID of an engine ID."""
         return self._by_engine[engine].server
+
+    @property
+    def one_world(self) -> bool:
+        """True when every server is a rank of one MPI world, server ID = rank + 1.
+
+        MPI-based CASA code that needs all servers in one world (e.g. the
+        parallel cube imaging) can run only then. False for engines that are
+        not MPI processes, and after a server was replaced (the replacement
+        is an MPI world of its own).
+        """
+        return self.mpi and not any(info.replaced for info in self._servers.values())
+
+    def replace(self, server: int, engine: int, identity: dict[str, Any]) -> ServerInfo:
+        """Map ``server`` to a new engine that replaced its lost one; return its new info.
+
+        The server ID is given, not read from the rank: the replacement is
+        rank 0 of its own MPI world.
+        """
+        old = self._servers[server]
+        info = ServerInfo(server, engine, identity.get("rank"), identity["host"], identity["pid"], replaced=True)
+        self._servers[server] = info
+        self._by_engine.pop(old.engine, None)
+        self._by_engine[engine] = info
+        return info
 
     def parse_targets(self, target_server: Any) -> list[int] | None:
         """Check a ``target_server`` argument and return a list of server IDs.

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.needs_mpi
 
 
 def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster, tmp_path):
-    client = own_cluster(n=3, server_timeout=5)
+    client = own_cluster(n=3, server_timeout=5, replace_lost=False)  # replacement: see test_replacement
     client.push_command_request("kept = 'state'", block=True, target_server=[1, 3])
     info = client.session.servers.info(2)
     marker = tmp_path / "running-started"
