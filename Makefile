@@ -12,7 +12,7 @@ OTHER_MPI := $(if $(filter mpich,$(MPI)),openmpi,mpich)
 
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install demo test bench bench-casa clean
+.PHONY: install demo test bench bench-casa slurm-packages clean
 
 install: $(VENV)/.installed-$(MPI)
 
@@ -33,15 +33,25 @@ test: install
 	$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 		--nbval-cell-timeout=300 tests notebooks
 
+# Debian's Slurm and munge, so tests/test_slurm.py runs against a real one-node Slurm
+# (as root; CI runs this before `make test`; `make test` itself installs nothing).
+slurm-packages:
+	@test "$$(id -u)" = 0 || { echo "make slurm-packages must run as root (it uses apt-get)"; exit 1; }
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge
+
 # Both benchmarks: dispatch speed, then casatasks' parallel tasks (a few minutes).
 bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_casa_tasks.py
+	$(BIN)/python benchmarks/bench_cube.py
 
 # casatasks' MMS tasks and tclean, serial vs 2 servers; BENCH_CASA_ARGS="--json out.json --reference".
+# Then a cube tclean, serial vs a gang of 3 servers; BENCH_CUBE_ARGS="--json cube.json".
 bench-casa: install
 	$(BIN)/python benchmarks/bench_casa_tasks.py $(BENCH_CASA_ARGS)
+	$(BIN)/python benchmarks/bench_cube.py $(BENCH_CUBE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,6 +29,7 @@ from . import session as _session
 from .casa_env import prepare_client_process
 from .client import MPICommandClient
 from .environment import MPIEnvironment, process_role
+from .gang import route_when_imported
 from .mpi_interface import MPIInterface, MPIInterfaceCore, prompt_imager_job_checks
 from .server_side import provide_casampi_namespace
 
@@ -139,6 +140,38 @@ def _redetect_in_loaded_casatasks() -> list[str]:
     return done
 
 
+def _forget_layer_in_casatasks() -> list[str]:
+    """Make casatasks modules imported while the layer was on see no casampi again.
+
+    Runs their casampi detection again, now that ``import casampi`` fails
+    (so ``mpi_available`` becomes False), and removes every name that still
+    refers to the layer. Modules imported before the layer are put back by
+    :func:`disable_casampi` from what it saved instead.
+
+    Returns the names of the modules changed.
+    """
+    layer = {id(value) for exports in _EXPORTS.values() for value in exports.values()}
+    done = []
+    for name, module in sorted(sys.modules.items()):
+        if not (name == "casatasks" or name.startswith("casatasks.")) or module is None or name in _rebound:
+            continue
+        blocks = _casampi_detection_blocks(module)
+        if not blocks:
+            continue
+        namespace = vars(module)
+        for block in blocks:
+            try:
+                exec(compile(ast.Module(body=[block], type_ignores=[]), module.__file__, "exec"), namespace)
+            except Exception:  # a detection block that fails without casampi: its names go below
+                pass
+            for bound in _bound_names(block):
+                value = namespace.get(bound)
+                if id(value) in layer or getattr(value, _MARK, False):
+                    del namespace[bound]
+        done.append(name)
+    return done
+
+
 def _provide_namespace(session: "_session.ClusterSession") -> None:
     """Server setup: what casampi's servers offer casatasks' jobs (run on every (re)start)."""
     level = MPICommandClient().log_level or MPIEnvironment.command_handling_log_level
@@ -206,6 +239,7 @@ def enable_casampi() -> bool:
             disable_casampi()
             raise
         MPICommandClient().follow_cwd = True
+        route_when_imported(True)
         _session.add_server_setup(_provide_namespace)
         if _session.has_current_session():
             _provide_namespace(_session.current_session())
@@ -227,9 +261,11 @@ def disable_casampi() -> None:
                     namespace.pop(attribute, None)
                 else:
                     namespace[attribute] = value
-        _rebound.clear()
         prompt_imager_job_checks(False)
+        route_when_imported(False)
         for name in _MODULE_DOCS:
             sys.modules.pop(name, None)
+        _forget_layer_in_casatasks()
+        _rebound.clear()
         _session.remove_server_setup(_provide_namespace)
         MPICommandClient().follow_cwd = False

@@ -18,6 +18,7 @@ from .checks import check_block, short
 from .commands import check_parameters, compile_command
 from .dispatcher import Dispatcher, flatten_request_ids
 from .errors import CommandRequestError
+from .gang import WORKER_COMMAND, gang_unavailable
 from .waiting import deferred_interrupts, wait_interactive
 
 __all__ = ["CommandClient", "MPICommandClient", "LOG_MODES", "CASA_LOG_LEVELS"]
@@ -211,6 +212,60 @@ class CommandClient:
         # A Ctrl-C during the push is held until the requests are sent, so none is half-sent.
         with deferred_interrupts():
             ids = dispatcher.push(compiled, checked, targets, os.getcwd() if self.follow_cwd else None)
+            if block:
+                return dispatcher.responses(ids, block=True)
+        return ids
+
+    def push_gang_request(
+        self, command: str, block: bool = False, parameters: dict[str, Any] | None = None
+    ) -> list[int] | list[dict[str, Any]]:
+        """Run one command on all servers as a gang, for CASA's C++-MPI code.
+
+        Server 1 (MPI rank 0) runs ``command`` as the master, with casatasks
+        seeing MPI as enabled; every other server is its worker, inside
+        ``synthesisimager().initmpi()`` from when the master's task asks for
+        workers until it releases them. A cube ``tclean`` in ``command``
+        is then imaged by all servers, as under mpicasa.
+
+        Parameters
+        ----------
+        command : str
+            Python source for the master, as for :meth:`push_command_request`.
+        block : bool
+            Wait and return the responses (default False: the request IDs).
+        parameters : dict, optional
+            Values in the master's namespace for this command only.
+
+        Returns
+        -------
+        list of int or list of dict
+            One request per server, the master's first: IDs, or with
+            ``block=True`` the responses. A worker's ``ret`` says whether it
+            joined (``joined``) and how long it waited and worked.
+
+        Raises
+        ------
+        CommandRequestError
+            If the command or its parameters are invalid, or the servers
+            cannot run a gang (the message says why, e.g. the mpich wheel, a
+            lost server); nothing is sent then.
+
+        Notes
+        -----
+        If a member is lost, every other member's response gets status
+        ``'timeout'`` naming it, and a member stuck in CASA's C++ is killed
+        after a few seconds (its server is then lost). Aborting the requests
+        interrupts the master, whose task releases the workers.
+        """
+        check_block(block)
+        compiled = compile_command(command)
+        checked = check_parameters(parameters)
+        dispatcher = self._services()
+        why = gang_unavailable(self)
+        if why is not None:
+            raise CommandRequestError(f"cannot run a gang: {why}")
+        with deferred_interrupts():
+            ids = dispatcher.push_gang(compiled, compile_command(WORKER_COMMAND), checked, os.getcwd() if self.follow_cwd else None)
             if block:
                 return dispatcher.responses(ids, block=True)
         return ids

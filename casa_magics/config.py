@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from .errors import SettingError
+from .memory import parse_memory_size
 
 __all__ = ["Settings", "load_settings", "default_engine_count"]
 
@@ -48,6 +49,10 @@ class Settings:
         (``CASA_MAGICS_MPIEXEC_ARGS``), e.g. ``"-f hosts.txt"``.
     hostfile : str or None
         A hostfile handed to the launcher (``CASA_MAGICS_HOSTFILE``).
+    controller_ip : str or None
+        The address the controller listens on when compute nodes must reach
+        it (a Slurm job, a multi-node allocation); default: what this host's
+        name resolves to (``CASA_MAGICS_CONTROLLER_IP``).
     profile, cluster_id, connection_file : str or None
         When set, connect to that running cluster instead of starting one
         (``CASA_MAGICS_PROFILE``, ``CASA_MAGICS_CLUSTER_ID``,
@@ -65,6 +70,21 @@ class Settings:
         Import CASA on every server in the background as soon as the servers
         are up, when the ``casa`` extra is installed
         (``CASA_MAGICS_IMPORT_CASA``, default on).
+    memory_limit : int or None
+        Resident memory a server may use, in bytes, before its running request
+        is ended (``CASA_MAGICS_MEMORY_LIMIT``, e.g. ``4GB``; default: CASA's
+        own ``.casarc`` setting, else none). See :mod:`casa_magics.memory`.
+    replace_lost : bool
+        Replace a lost server of an embedded cluster with a new one under the
+        same server ID (``CASA_MAGICS_REPLACE_LOST``, default on). See
+        :mod:`casa_magics.replacement`.
+    keep_cluster : bool
+        Start embedded clusters detached: they outlive this process and a
+        later one re-attaches (``CASA_MAGICS_KEEP_CLUSTER``, default off).
+    detached_dir : str or None
+        Where this user's detached clusters are noted
+        (``CASA_MAGICS_DETACHED_DIR``, default ``~/.casa_magics/detached``).
+        See :mod:`casa_magics.detached`.
     """
 
     engines: int = field(default_factory=default_engine_count)
@@ -73,6 +93,7 @@ class Settings:
     mpiexec: str = "mpiexec"
     mpiexec_args: list[str] = field(default_factory=list)
     hostfile: str | None = None
+    controller_ip: str | None = None
     profile: str | None = None
     cluster_id: str | None = None
     connection_file: str | None = None
@@ -80,6 +101,10 @@ class Settings:
     allow_no_mpi: bool = True
     import_casa: bool = True
     keep_run_dir: bool = False
+    memory_limit: int | None = None
+    replace_lost: bool = True
+    keep_cluster: bool = False
+    detached_dir: str | None = None
 
     @property
     def wants_connection(self) -> bool:
@@ -140,10 +165,27 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         values["mpiexec"] = text
     if (text := get("MPIEXEC_ARGS")) is not None:
         values["mpiexec_args"] = shlex.split(text)
-    for name in ("ALLOW_NO_MPI", "IMPORT_CASA", "KEEP_RUN_DIR"):
+    for name in ("ALLOW_NO_MPI", "IMPORT_CASA", "KEEP_RUN_DIR", "REPLACE_LOST", "KEEP_CLUSTER"):
         if (text := get(name)) is not None:
             values[name.lower()] = _flag(name, text)
-    for name in ("HOSTFILE", "PROFILE", "CLUSTER_ID", "CONNECTION_FILE", "RUN_DIR"):
+    if (text := get("MEMORY_LIMIT")) is not None:
+        try:
+            values["memory_limit"] = parse_memory_size(text)
+        except ValueError:
+            raise SettingError(f"{_PREFIX}MEMORY_LIMIT must be a size like 4GB, 500MB or a number of bytes, got {text!r}") from None
+    for name in ("HOSTFILE", "PROFILE", "CLUSTER_ID", "CONNECTION_FILE", "RUN_DIR", "CONTROLLER_IP", "DETACHED_DIR"):
         if (text := get(name)) is not None:
             values[name.lower()] = text
+    if "controller_ip" in values and not _is_ip_address(str(values["controller_ip"])):
+        raise SettingError(f"{_PREFIX}CONTROLLER_IP must be an IP address (or '*'), got {values['controller_ip']!r}")
     return Settings(**values)
+
+
+def _is_ip_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return text == "*"
+    return True

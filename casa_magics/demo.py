@@ -58,6 +58,8 @@ def show(title: str, responses: list[dict]) -> None:
 def casa_parallel_tasks(client: MPICommandClient) -> bool:
     """Example 3: casatasks' Multi-MS tasks and parallel tclean on the servers; True if all went well."""
     enable_casampi()
+    from .gang import last_serial_reason
+
     import casadata
     import casatasks
 
@@ -71,7 +73,11 @@ def casa_parallel_tasks(client: MPICommandClient) -> bool:
         summary = casatasks.flagdata(vis="ngc5921.mms", mode="summary")
         casatasks.tclean(vis="ngc5921.mms", imagename="ngc5921", field="2", spw="0:5~55", specmode="mfs",
                          imsize=128, cell="15arcsec", niter=100, parallel=True)
-        jobs = [r for i, r in sorted(client.get_command_request_list().items()) if i not in before]
+        before_cube = set(client.get_command_request_list())
+        casatasks.tclean(vis="ngc5921.ms", imagename="ngc5921_cube", field="2", spw="0:20~27", specmode="cube",
+                         imsize=128, cell="15arcsec", niter=50)
+        cube = [r for i, r in sorted(client.get_command_response_list().items()) if i not in before_cube]
+        jobs = [r for i, r in sorted(client.get_command_request_list().items()) if i not in before and i in before_cube]
         # partition writes each sub-MS (its outputvis); the other tasks work on one (their vis).
         written = {r["id"]: (r["parameters"] or {}).get("outputvis" if r["command"] == "partition()" else "vis") for r in jobs}
         rows = [
@@ -85,7 +91,12 @@ def casa_parallel_tasks(client: MPICommandClient) -> bool:
         print(text_table(rows, caption="one job per sub-MS"))
         print(f"flagdata: {summary['flagged']:.0f} of {summary['total']:.0f} visibilities flagged")
         print(f"tclean(parallel=True): major cycles gridded on servers {gridding}; image ngc5921.image written")
-        return all(r["successful"] for r in jobs) and bool(gridding)
+        workers = [r["server"] for r in cube if isinstance(r["ret"], dict) and r["ret"].get("joined")]
+        if workers:
+            print(f"tclean(specmode='cube'): imaged as a gang, server 1 the master, servers {workers} its workers")
+        else:
+            print(f"tclean(specmode='cube'): imaged serially in this process ({last_serial_reason()})")
+        return all(r["successful"] for r in jobs + cube) and bool(gridding)
     finally:
         os.chdir(home)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -42,8 +42,11 @@ from .logs import server_log_path
 from .errors import CommandRequestError
 from .run_dir import keep_run_dir
 from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
+from .gang_server import MASTER, WORKER, GangTicket
 from .server_map import GONE, STOPPED, ServerInfo
 from .server_side import request_runner
+from .memory import memory_figures
+from .replacement import start_replacement
 from .waiting import wait_interactive
 
 __all__ = ["Dispatcher", "flatten_request_ids", "MAX_IN_FLIGHT", "MAX_BATCH", "BATCH_WINDOW"]
@@ -100,7 +103,7 @@ class _Message:
 class _Server:
     """What the dispatcher knows about one server."""
 
-    __slots__ = ("info", "view", "in_flight", "waiting", "lost", "timed_out", "silent_since", "head_since")
+    __slots__ = ("info", "view", "in_flight", "waiting", "lost", "timed_out", "silent_since", "head_since", "replaced", "untold")
 
     def __init__(self, info: ServerInfo, view: Any) -> None:
         self.info = info
@@ -111,6 +114,8 @@ class _Server:
         self.timed_out = False  # stopped answering; may come back
         self.silent_since: float | None = None
         self.head_since: float | None = None  # when the oldest message in flight became the head
+        self.replaced: str | None = None  # "server N was replaced at ...", for a replacement
+        self.untold: str | None = None  # that note, until the first response from here carries it
 
     @property
     def usable(self) -> bool:
@@ -123,6 +128,23 @@ class _Server:
     def describe(self) -> str:
         i = self.info
         return f"server {i.server} (host {i.host}, pid {i.pid})"
+
+
+#: Seconds a gang member may go on after its gang ended (its master finished, or a member
+#: was lost) before it is interrupted, and again before its process is killed.
+GANG_GRACE = 5.0
+
+
+class _Gang:
+    """One gang's requests (the master's first) and how the client is ending it."""
+
+    __slots__ = ("requests", "ended", "ended_at", "interrupted_at")
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.ended: str | None = None  # why the client ends the members still running
+        self.ended_at: float | None = None
+        self.interrupted_at: dict[int, float] = {}
 
 
 class Dispatcher:
@@ -141,13 +163,16 @@ class Dispatcher:
         self.session = session
         self.server_timeout = server_timeout
         self._lock = threading.RLock()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(getattr(session, "first_request_id", 1))  # a re-attached cluster's go on
         self._requests: dict[int, Request] = {}
         self._holding: collections.deque[Request] = collections.deque()
         self._waiters: list[tuple[set[int], threading.Event]] = []
         self._estimate: float | None = None
         self._cancel_asked: set[int] = set()
+        self._gangs: dict[int, _Gang] = {}
+        self._settled: set[int] = set()  # ended by the client for good: a late answer is not recorded
         self._boards: dict[int, CancelBoard] = {}
+        self._lost_with: dict[int, ServerInfo] = {}  # request ID -> the lost server it ended with (it may be replaced)
         client = session.client
         self._servers = {info.server: _Server(info, client[info.engine]) for info in session.servers}
         self._closed = threading.Event()
@@ -267,9 +292,14 @@ class Dispatcher:
             self._lose(server, lost)
             return
         finished = []
+        if outcomes and server.untold:  # the first answer of a replacement says its state is fresh
+            outcomes[0]["stderr"] = f"casa_magics: {server.untold}\n" + outcomes[0]["stderr"]
+            server.untold = None
         if outcomes is not None:
             for request, outcome in zip(message.requests, outcomes):
-                if request.status == CANCELLED:
+                if request.status == CANCELLED or request.id in self._settled:
+                    self._settled.discard(request.id)
+                    finished.append(request.id)
                     continue
                 request.record_outcome(outcome)
                 if outcome.get("cancelled") or (request.id in self._cancel_asked and not outcome["successful"]):
@@ -279,7 +309,7 @@ class Dispatcher:
                 finished.append(request.id)
         else:
             for request in message.requests:
-                if request.status != CANCELLED:
+                if request.status != CANCELLED and request.id not in self._settled:
                     request.record_failure(RECEIVED, failure or "the server's answer could not be read")
                     finished.append(request.id)
         # An answer is a sign of life: a server that had timed out is back.
@@ -316,16 +346,54 @@ class Dispatcher:
         server.lost = why
         log.warning("%s was lost: %s", server.describe(), why)
         keep_run_dir(f"{server.describe()} was lost")
-        self._answer_without_server(server, TIMEOUT, f"Timeout: {server.describe()} was lost: {why}")
+        ended = self._answer_without_server(server, TIMEOUT, f"Timeout: {server.describe()} was lost: {why}")
+        self._lost_with.update(dict.fromkeys(ended, server.info))
         server.in_flight.clear()
         server.head_since = None
-        if all(s.lost for s in self._servers.values()):
+        if start_replacement(self, server):
+            server.lost += "; a replacement is starting"
+            self._assign()  # held requests wait for the replacement or go to the others
+        elif all(s.lost for s in self._servers.values()):
             for request in self._holding:
                 request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
             self._notify([r.id for r in self._holding])
             self._holding.clear()
         else:
             self._assign()
+
+    def take_replacement(self, server_id: int, note: str) -> bool:
+        """Put the engine now mapped to ``server_id`` in place of the lost one (see replacement.py).
+
+        Returns False if the client was closed meanwhile.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            info = self.session.servers.info(server_id)
+            fresh = _Server(info, self.session.client[info.engine])
+            fresh.replaced = fresh.untold = note
+            self._servers[server_id] = fresh
+            board = self._boards.pop(server_id, None)  # the new server made its board afresh
+            if board is not None:
+                board.close()
+            self._assign()
+            return True
+
+    def replacement_failed(self, server_id: int, why: str) -> None:
+        """Say in the lost server's reason that it will not be replaced, and why."""
+        with self._lock:
+            server = self._servers[server_id]
+            server.lost = server.lost.replace("; a replacement is starting", "") + f"; not replaced: {why}"
+            if all(s.lost and "a replacement is starting" not in s.lost for s in self._servers.values()):
+                for request in self._holding:
+                    request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
+                self._notify([r.id for r in self._holding])
+                self._holding.clear()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed.is_set()
 
     # --------------------------------------------------------------- watchdog
     def _watch(self) -> None:
@@ -337,21 +405,30 @@ class Dispatcher:
                 log.exception("server check failed")
 
     def check_servers(self) -> None:
-        """Look at every server once: is its process alive, is it answering?"""
+        """Look at every server once: is its process alive, is it answering? Has its Slurm job ended?"""
         registered = set(self.session.client.ids)
         now = time.time()
+        # A session whose servers are one Slurm job says when Slurm ended it (None otherwise).
+        lost_reason = getattr(self.session, "lost_reason", lambda fresh=False: None)
+        all_lost = lost_reason()
         for server in list(self._servers.values()):
             if server.lost is not None:
                 continue
-            why_lost = None
+            why_lost = all_lost
             stopped = False
-            if server.info.engine not in registered:
+            if why_lost:
+                pass
+            elif server.info.engine not in registered:
                 why_lost = "its engine unregistered from the controller"
             else:
                 liveness = server.info.liveness()
                 if liveness == GONE:
                     why_lost = "its process is gone"
                 stopped = liveness == STOPPED
+            if why_lost and not all_lost:
+                # Did Slurm end the whole job? Then that is the reason, for this server and the rest.
+                all_lost = lost_reason(fresh=True)
+                why_lost = all_lost or why_lost
             with self._lock:
                 if why_lost:
                     self._lose(server, why_lost)
@@ -369,6 +446,107 @@ class Dispatcher:
                     if server.timed_out and not server.in_flight:
                         server.timed_out = False
                         self._assign()
+        if self._gangs:
+            with self._lock:
+                self._check_gangs(time.time())
+
+    # ----------------------------------------------------------------- gangs
+    def push_gang(self, compiled: CompiledCommand, worker: CompiledCommand, parameters: dict | None, cwd: str | None = None) -> list[int]:
+        """Push one command as a gang: the master's request on the lowest server ID, a worker's on each other.
+
+        ``worker`` is what a worker's request shows as its command (its
+        server runs :func:`~casa_magics.gang_server.serve_as_worker`).
+        Returns the request IDs, the master's first.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                raise CommandRequestError("the client's services are stopped: call start_services() first")
+            for server in self._servers.values():
+                if not server.usable:
+                    why = server.lost or f"it has not answered for over {self.server_timeout:g} s"
+                    raise CommandRequestError(f"cannot run a gang: server {server.info.server} cannot take requests: {why}")
+            gang_id = time.time_ns()
+            members = sorted(self._servers)
+            requests = []
+            for server_id in members:
+                master = server_id == members[0]
+                request = Request(next(self._ids), compiled if master else worker, parameters if master else None, server_id, cwd)
+                request.gang = GangTicket(gang_id, MASTER if master else WORKER, len(members))
+                self._requests[request.id] = request
+                requests.append(request)
+            self._gangs[gang_id] = _Gang(requests)
+            for request in requests:
+                self._servers[request.server].waiting.append(request)
+                self._pump(self._servers[request.server])
+            return [request.id for request in requests]
+
+    def _check_gangs(self, now: float) -> None:
+        """End what is left of a gang whose master finished or whose member was lost (lock held).
+
+        A member that can no longer take part is answered with status
+        ``'timeout'`` naming the cause and cancelled (a member that has not
+        started is skipped by its server). One that is still running
+        :data:`GANG_GRACE` seconds later is stuck in CASA's C++: its process
+        is killed, and its server is lost like any other dead server.
+        After a master that finished, workers get :data:`GANG_GRACE` seconds
+        to leave ``initmpi()`` on their own first.
+        """
+        for gang_id, gang in list(self._gangs.items()):
+            left = [r for r in gang.requests if not r.finished or (r.id in self._settled and self._in_flight(r))]
+            if not left:
+                self._settled.difference_update(r.id for r in gang.requests)
+                del self._gangs[gang_id]
+                continue
+            master = gang.requests[0]
+            if gang.ended is None:
+                lost = [r for r in gang.requests if r.status == TIMEOUT and r.id not in self._settled]
+                if lost:
+                    gang.ended = f"server {lost[0].server} of the gang was lost"
+                elif master.finished:
+                    gang.ended = f"its master (request {master.id} on server {master.server}) finished"
+                else:
+                    continue
+                gang.ended_at = now
+            master_done = gang.ended.endswith("finished")
+            for request in left:
+                running = self._running(request)
+                if master_done and (not running or now - gang.ended_at < GANG_GRACE):
+                    continue  # a worker finds the master's "skip" (or release) on its own
+                if request.id not in self._settled:
+                    self._settled.add(request.id)
+                    request.record_failure(TIMEOUT, f"Timeout: gang of request {master.id} ended: {gang.ended}")
+                    self._notify([request.id])
+                self._end_member(request, gang, now, running)
+
+    def _in_flight(self, request: Request) -> bool:
+        server = self._servers[request.server]
+        return server.lost is None and any(request in m.requests for m in server.in_flight)
+
+    def _running(self, request: Request) -> bool:
+        """True if ``request`` is in the message its server is running now."""
+        server = self._servers[request.server]
+        return server.lost is None and bool(server.in_flight) and request in server.in_flight[0].requests
+
+    def _end_member(self, request: Request, gang: _Gang, now: float, running: bool) -> None:
+        """Cancel a gang member; kill its process if it is still running after the grace time."""
+        server = self._servers[request.server]
+        if request in server.waiting:  # not sent yet: it never will be
+            server.waiting.remove(request)
+            return
+        asked = gang.interrupted_at.get(request.id)
+        if asked is None:
+            gang.interrupted_at[request.id] = now
+            board = self._board(server)
+            if board is not None:
+                board.cancel_and_interrupt(request.id, server.info.pid)
+        elif running and now - asked >= GANG_GRACE:
+            process = server.info.process()
+            if process is not None:
+                log.warning("%s is stuck in a gang that ended (%s): killing it", server.describe(), gang.ended)
+                try:
+                    process.kill()
+                except Exception:  # gone already
+                    pass
 
     # --------------------------------------------------------------- getting
     def _known(self, request_ids: Iterable[int]) -> list[Request]:
@@ -448,7 +626,7 @@ class Dispatcher:
     def _response(self, request: Request) -> dict:
         if request.server is None:
             return request.response()
-        info = self._servers[request.server].info
+        info = self._lost_with.get(request.id) or self._servers[request.server].info
         return request.response(info.engine, info.host, info.pid)
 
     def unfinished_ids(self) -> list[int]:
@@ -478,13 +656,15 @@ class Dispatcher:
                     raise CommandRequestError(f"requests {unfinished} are not finished and cannot be forgotten")
             for request in chosen:
                 del self._requests[request.id]
+                self._lost_with.pop(request.id, None)
             return [r.id for r in chosen]
 
     # ---------------------------------------------------------------- status
     def server_status(self) -> dict[int, dict]:
-        """casampi's ``get_server_status()``: a dict per server ID."""
+        """casampi's ``get_server_status()``: a dict per server ID (with memory figures, see :func:`memory_figures`)."""
         now = time.time()
         status = {}
+        memory_limit = getattr(self.session, "memory_limit", None)
         with self._lock:
             for server_id, server in self._servers.items():
                 head = server.in_flight[0].requests[0] if server.in_flight else None
@@ -503,7 +683,9 @@ class Dispatcher:
                     "lost": server.lost,
                     "log": str(server_log_path(self.session, server_id)),
                     "casa": self.session.casa_state(server_id),
+                    "replaced": server.replaced,
                 }
+                status[server_id].update(memory_figures(server.info, memory_limit))
         return status
 
     @property

@@ -22,6 +22,7 @@ __all__ = [
     "find_mpiexec",
     "is_hydra",
     "open_mpi_defaults",
+    "open_mpi_environment",
     "KEEPER_SCRIPT",
 ]
 
@@ -47,6 +48,8 @@ class LaunchPlan:
     mpi_cmd: list[str]
     mpi_args: list[str] = field(default_factory=list)
     engine_cmd: list[str] = field(default_factory=list)
+    #: Environment variables the servers get (the user's own values win).
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def find_mpiexec(mpiexec: str) -> str | None:
@@ -90,6 +93,25 @@ def open_mpi_defaults(extra_args: list[str] = (), *, as_root: bool = False) -> l
     if as_root and "--allow-run-as-root" not in given:
         defaults.append("--allow-run-as-root")
     return defaults
+
+
+def open_mpi_environment(environ: "dict[str, str] | os._Environ[str] | None" = None) -> dict[str, str]:
+    """Open MPI settings that keep a waiting server from spinning a core.
+
+    Open MPI waits for a message by polling. In a gang (see
+    :mod:`casa_magics.gang_server`) the master waits while its workers
+    image, and on a machine with fewer cores than servers that polling took
+    a worker's core. With these, a rank with nothing to do sleeps 0.1 ms
+    between polls. Variables already set in ``environ`` (default: this
+    process's environment) are left out, so the user's own win.
+    """
+    environ = os.environ if environ is None else environ
+    wanted = {
+        "OMPI_MCA_mpi_yield_when_idle": "1",
+        "OMPI_MCA_threads_pthreads_yield_strategy": "nanosleep",
+        "OMPI_MCA_threads_pthreads_nanosleep_time": "100000",
+    }
+    return {name: value for name, value in wanted.items() if name not in environ}
 
 
 def plan_launch(
@@ -141,7 +163,12 @@ def plan_launch(
     if hostfile:
         args += ["-f" if hydra else "--hostfile", hostfile]
     engine = list(engine_command or [python, "-m", "ipyparallel.engine"])
-    return LaunchPlan(mpi_cmd=[mpiexec_path], mpi_args=args, engine_cmd=[python, "-I", KEEPER_SCRIPT] + engine)
+    return LaunchPlan(
+        mpi_cmd=[mpiexec_path],
+        mpi_args=args,
+        engine_cmd=[python, "-I", KEEPER_SCRIPT] + engine,
+        environment={} if hydra else open_mpi_environment(),
+    )
 
 
 def launch_command(plan: LaunchPlan, n: int, engine_args: list[str] = ()) -> list[str]:

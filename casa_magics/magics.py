@@ -36,11 +36,14 @@ from .casampi_layer import enable_casampi
 from .client import MPICommandClient
 from .checks import short
 from .commands import compile_command
-from .display import ResponseList, ServerStatus, echo_streams
+from .display import ResponseList, ServerStatus, echo_streams, text_table
 from .config import load_settings
 from .dispatcher import flatten_request_ids
 from .errors import ClusterError, CommandRequestError, SettingError
+from .memory import parse_memory_size
+from . import detached
 from .session import ClusterSession, current_session, has_current_session, set_current_session
+from .slurm_launch import starting_job
 
 __all__ = ["CasaMagics", "load_ipython_extension", "unload_ipython_extension", "split_options"]
 
@@ -107,6 +110,13 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _memory_size(text: str) -> int:
+    try:
+        return parse_memory_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size like 4GB, 500MB or a number of bytes, got {text!r}") from None
 
 
 def _server_ids(text: str) -> list[int]:
@@ -204,7 +214,7 @@ class CasaMagics(Magics):
 
     # ------------------------------------------------------------ cluster
     @magic_arguments()
-    @argument("action", choices=["start", "connect", "stop", "status"], help="what to do with the cluster")
+    @argument("action", choices=["start", "connect", "stop", "status", "list"], help="what to do with the cluster")
     @argument(
         "-n",
         type=_positive_int,
@@ -216,6 +226,21 @@ class CasaMagics(Magics):
     @argument("--profile", metavar="P", help="connect: the IPython profile given to ipcluster")
     @argument("--cluster-id", metavar="C", help="connect: the cluster ID given to ipcluster")
     @argument("--connection-file", metavar="F", help="connect: path of the cluster's ipcontroller-client.json")
+    @argument("--memory-limit", type=_memory_size, metavar="SIZE", help="start: resident memory each server may use "
+              "(e.g. 4GB); over it, its running request is ended (default CASA_MAGICS_MEMORY_LIMIT, else .casarc's)")
+    @argument("--keep", action="store_true", default=None, help="start: detached, so that it outlives this kernel; "
+              "after a restart %%casa_cluster connect gets it back, %%casa_cluster stop ends it for good")
+    @argument("--replace", action=argparse.BooleanOptionalAction, default=None, help="start: replace a lost server "
+              "with a new one under its server ID, or not (default CASA_MAGICS_REPLACE_LOST, else on)")
+    @argument("--slurm", action="store_true", help="start: the servers are the MPI ranks of one Slurm job (sbatch); "
+              "the start timeout also bounds its time in the queue")
+    @argument("--partition", metavar="P", help="start --slurm: the Slurm partition")
+    @argument("--time", metavar="T", help="start --slurm: the job's time limit, e.g. 04:00:00")
+    @argument("--account", metavar="A", help="start --slurm: the Slurm account")
+    @argument("--sbatch-arg", action="append", metavar="ARG", help="start --slurm: one more sbatch option, "
+              "e.g. --sbatch-arg=--mem-per-cpu=4G (repeat for more)")
+    @argument("--controller-ip", metavar="IP", help="start: the address the controller listens on (default "
+              "127.0.0.1; with --slurm CASA_MAGICS_CONTROLLER_IP, else this host's address)")
     @argument(
         "--casampi",
         action="store_true",
@@ -245,20 +270,49 @@ class CasaMagics(Magics):
         In [2]: %casa_cluster stop
         Stopped embedded cluster of 2 MPI servers.
 
+        ``start --keep`` starts a cluster that outlives this kernel; after a
+        restart, ``connect`` (no arguments) gets it back with its servers'
+        state and says what became of the requests the old kernel had in
+        flight; ``list`` shows such clusters and their age, ``stop`` ends one
+        for good (see :mod:`casa_magics.detached`). ``--memory-limit 4GB``
+        ends a request whose server grows past it; ``--no-replace`` leaves a
+        lost server lost instead of starting a new one under its ID.
+
         With ``--casampi``, casatasks' Multi-MS tasks and
         ``tclean(parallel=True)`` use the servers too (see
         :func:`casa_magics.enable_casampi`)::
 
             In [3]: %casa_cluster start -n 4 --casampi
+
+        With ``--slurm``, the servers are the MPI ranks of one Slurm job
+        (``sbatch``); ``status`` shows the job, ``stop`` cancels it. Inside an
+        allocation (``salloc``), ``start`` with no ``-n`` starts its
+        ``SLURM_NTASKS`` servers without a new job::
+
+            In [4]: %casa_cluster start --slurm -n 64 --partition long --time 04:00:00
+            casa_magics: Slurm job 812: PENDING (Priority); waiting up to 60 s in all
+            Started 64 MPI servers in Slurm job 812 (logs in /home/me/casa-run).
+
+            In [5]: %casa_cluster status
+            Running: 64 MPI servers in Slurm job 812 (logs in /home/me/casa-run).
+            Slurm job 812: RUNNING on node[03-04].
         """
         args = parse_argstring(self.casa_cluster, line)
+        for name in ("partition", "time", "account", "sbatch_arg"):
+            if getattr(args, name) is not None and not args.slurm:
+                raise UsageError(f"--{name.replace('_', '-')} applies only to %casa_cluster start --slurm")
+        if args.slurm and args.action != "start":
+            raise UsageError(f"--slurm does not apply to %casa_cluster {args.action}")
+        if args.controller_ip is not None and args.action != "start":
+            raise UsageError(f"--controller-ip does not apply to %casa_cluster {args.action}")
         allowed = {
-            "start": {"n", "timeout"},
+            "start": {"n", "timeout", "memory_limit", "replace", "keep"},
             "connect": {"n", "timeout", "profile", "cluster_id", "connection_file"},
             "stop": set(),
             "status": set(),
+            "list": set(),
         }[args.action]
-        for name in ("n", "timeout", "profile", "cluster_id", "connection_file"):
+        for name in ("n", "timeout", "profile", "cluster_id", "connection_file", "memory_limit", "replace", "keep"):
             if getattr(args, name) is not None and name not in allowed:
                 option = "-n" if name == "n" else "--" + name.replace("_", "-")
                 raise UsageError(f"{option} does not apply to %casa_cluster {args.action}")
@@ -281,7 +335,18 @@ class CasaMagics(Magics):
 
     def _cluster_start(self, args: argparse.Namespace) -> Any:
         self._refuse_second_cluster()
-        session = ClusterSession.start(n=args.n, timeout=args.timeout)
+        slurm = {
+            "scheduler": "slurm" if args.slurm else None,
+            "partition": args.partition,
+            "time_limit": args.time,
+            "account": args.account,
+            "sbatch_args": args.sbatch_arg or (),
+            "controller_ip": args.controller_ip,
+        }
+        session = ClusterSession.start(
+            n=args.n, timeout=args.timeout, memory_limit=args.memory_limit, replace_lost=args.replace, keep=args.keep,
+            **slurm,
+        )
         set_current_session(session)
         MPICommandClient().start_services()
         print(f"Started {session.description} (logs in {session.run_dir}).")
@@ -289,6 +354,10 @@ class CasaMagics(Magics):
 
     def _cluster_connect(self, args: argparse.Namespace) -> Any:
         self._refuse_second_cluster()
+        if not (args.profile or args.connection_file or load_settings().wants_connection):
+            mine = [c.cluster_id for c in detached.detached_clusters(load_settings())]
+            if (args.cluster_id is None and mine) or args.cluster_id in mine:
+                return self._reattach(args)
         try:
             session = ClusterSession.connect(
                 profile=args.profile,
@@ -303,6 +372,32 @@ class CasaMagics(Magics):
         MPICommandClient().start_services()
         print(f"Connected to {session.description}: {len(session.servers)} servers.")
         return session.servers
+
+    def _reattach(self, args: argparse.Namespace) -> Any:
+        """Connect to a detached cluster of this user, and say what became of the previous kernel's requests."""
+        try:
+            session = detached.reattach(args.cluster_id, timeout=args.timeout)
+        except ClusterError as error:
+            raise UsageError(str(error)) from None
+        set_current_session(session)
+        MPICommandClient().start_services()
+        print(f"Re-attached to {session.description} (logs in {session.run_dir}).")
+        if session.previous_requests:
+            rows = [{key: row.get(key, "") for key in ("id", "server", "state", "successful", "command")} for row in session.previous_requests]
+            for row in rows:
+                row["command"] = " ".join(str(row["command"]).split())[:60]
+            print(text_table(rows, caption="Requests of the previous kernel (casa_magics.detached.previous_requests(session) "
+                             "shows them again, with their results)"))
+        else:
+            print("The controller holds no unanswered request of the previous kernel.")
+        return session.servers
+
+    def _cluster_list(self, args: argparse.Namespace) -> None:
+        clusters = detached.detached_clusters(load_settings())
+        if not clusters:
+            print("No detached cluster (%casa_cluster start --keep starts one).")
+            return
+        print(text_table([c.row() for c in clusters], caption="Detached clusters (%casa_cluster connect re-attaches)"))
 
     def _cluster_stop(self, args: argparse.Namespace) -> None:
         if not has_current_session():
@@ -320,10 +415,18 @@ class CasaMagics(Magics):
 
     def _cluster_status(self, args: argparse.Namespace) -> Any:
         if not has_current_session():
+            waiting = starting_job()
+            if waiting is not None:  # a start in another thread waits for Slurm
+                print(f"Starting: {waiting.describe()}.")
+                return None
             print("No cluster is running: %casa_cluster start starts one (so does the first %casa_push).")
+            if detached.detached_clusters(load_settings()):  # never forgotten: say they are there
+                self._cluster_list(args)
             return None
         session = current_session()
         print(f"Running: {session.description} (logs in {session.run_dir}).")
+        if (job := session.scheduler_status()) is not None:
+            print(job + ".")
         return session.servers
 
     # ------------------------------------------------------------ push
@@ -333,6 +436,8 @@ class CasaMagics(Magics):
               "(one request per server); default: the first free server")
     @argument("-p", "--parameters", metavar="NAME", help="name of a dict in your namespace: its items are the "
               "command's parameters (with a bare call like task(), its keyword arguments)")
+    @argument("-g", "--gang", action="store_true", help="run the command on all servers as one MPI job, for "
+              "CASA's C++-parallel cube imaging: server 1 runs it, the others are its workers")
     @argument("command", nargs="*", help="the rest of the line, verbatim (or the cell body for %%%%casa_push)")
     @no_var_expand
     @line_cell_magic
@@ -383,6 +488,14 @@ class CasaMagics(Magics):
         1 response
         id  server  successful  ret      time    traceback
          6       1  True        'a.cal'  0.00 s
+
+        With ``--gang``, a cube ``tclean`` is imaged by all servers (one
+        request per server, the master's first; see the README's "Parallel
+        cube imaging"):
+
+        In [7]: cube = {'vis': 'ngc5921.ms', 'imagename': 'cube', 'specmode': 'cube'}
+
+        In [8]: %casa_push -b --gang -p cube tclean()
         """
         options, command = split_options(line, frozenset({"-t", "--target", "-p", "--parameters"}))
         args = parse_argstring(self.casa_push, options)
@@ -404,9 +517,15 @@ class CasaMagics(Magics):
             parameters = self._variable(args.parameters, "-p/--parameters")
             if not isinstance(parameters, dict):
                 raise UsageError(f"-p/--parameters: {args.parameters!r} must be a dict, got {short(parameters)}")
+        if args.gang and args.target is not None:
+            targets = ",".join(map(str, args.target))
+            raise UsageError(f"--gang runs on every server: it cannot be combined with -t/--target {targets}")
         client = self._client(start=True)
         with _usage_errors():
-            ids = client.push_command_request(command, target_server=args.target, parameters=parameters)
+            if args.gang:
+                ids = client.push_gang_request(command, parameters=parameters)
+            else:
+                ids = client.push_command_request(command, target_server=args.target, parameters=parameters)
         if not args.block:
             return ids
         return self._show(self._wait(client, ids, timeout=None))

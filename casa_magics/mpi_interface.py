@@ -19,13 +19,15 @@ from typing import Any
 
 from .client import MPICommandClient
 from .environment import process_role
+from .gang import last_serial_reason
 
 __all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE", "prompt_imager_job_checks", "JobClock"]
 
-#: Printed when casatasks asks the servers to join CASA's C++ MPI (cube imaging).
+#: Printed when casatasks asks for CASA's C++ MPI workers in this process (cube imaging
+#: that could not run as a gang on the servers); ``{why}`` says why not.
 CPP_MPI_NOTICE = (
-    "casa_magics: cube imaging runs serially in this process: CASA's C++ MPI cannot use "
-    "these servers (see 'Which CASA code runs in parallel' in the README)"
+    "casa_magics: cube imaging runs serially in this process: {why} "
+    "(see 'Which CASA code runs in parallel' in the README)"
 )
 
 
@@ -107,13 +109,16 @@ class MPIInterfaceCore:
         """Run a command on every server, or ``{server: command}`` each on its server.
 
         Returns the responses (``block=True``) or the request IDs.
-        casatasks' ``si.initmpi()`` is not sent: see :data:`CPP_MPI_NOTICE`.
+        casatasks' ``si.initmpi()`` is not sent: it only arrives here when a
+        C++-MPI task runs serially in this process (see
+        :mod:`casa_magics.gang`), and :data:`CPP_MPI_NOTICE` says why.
         """
         if isinstance(commands, dict):
             ids = [self._client.push_command_request(command, False, server)[0] for server, command in commands.items()]
             return self._client.get_command_response(ids, block, True)
         if _is_cpp_worker_start(commands):
-            print(CPP_MPI_NOTICE, file=sys.stderr)
+            why = last_serial_reason() or "CASA's C++ MPI cannot use these servers"
+            print(CPP_MPI_NOTICE.format(why=why), file=sys.stderr)
             return []
         return self._client.push_command_request(commands, block, self.get_engines())
 

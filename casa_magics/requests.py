@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .commands import CompiledCommand
+from .gang_server import GangTicket
 from .server_side import WireRequest
 
 __all__ = [
@@ -71,6 +72,7 @@ class Request:
         "stop",
         "stdout",
         "stderr",
+        "gang",
     )
 
     def __init__(
@@ -95,6 +97,7 @@ class Request:
         self.stop: float | None = None
         self.stdout = ""
         self.stderr = ""
+        self.gang: GangTicket | None = None
 
     @property
     def finished(self) -> bool:
@@ -103,7 +106,7 @@ class Request:
     def wire(self) -> WireRequest:
         """This request as sent to a server (see :class:`~casa_magics.server_side.WireRequest`)."""
         c = self.compiled
-        return WireRequest(self.id, c.source, c.mode, c.callee, self.parameters, self.cwd)
+        return WireRequest(self.id, c.source, c.mode, c.callee, self.parameters, self.cwd, self.gang)
 
     def record_outcome(self, outcome: dict[str, Any]) -> None:
         """Store what the server sent back."""

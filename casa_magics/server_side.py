@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
+from .gang_server import MASTER, WORKER, GangTicket, guard_when_imported, master_context, serve_as_worker
+from .memory import take_memory_interrupt
 
 __all__ = ["WireRequest", "run_requests", "start_casa_import", "join_casa_import", "casa_import_state_path", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
@@ -61,6 +63,8 @@ class WireRequest(NamedTuple):
     #: Directory to run the command in (then the server returns to its
     #: own), or None to run wherever the server is.
     cwd: str | None = None
+    #: This server's part in a gang (see :mod:`casa_magics.gang_server`), or None.
+    gang: GangTicket | None = None
 
 
 def user_namespace() -> dict[str, Any]:
@@ -131,7 +135,7 @@ def _format_failure(error: BaseException) -> str:
 
 
 def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
-    request_id, source, mode, callee, parameters, cwd = request
+    request_id, source, mode, callee, parameters, cwd, gang = request
     saved: dict[str, Any] = {}
     missing = object()
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
@@ -151,18 +155,15 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
             for name, value in parameters.items():
                 saved[name] = namespace.get(name, missing)
                 namespace[name] = value
-        if mode == "push":
+        if gang is not None and gang.role == WORKER:
+            value = serve_as_worker(gang)
+        elif mode == "push":
             value = None
-        elif callee is not None and parameters:
-            function = eval(compile(callee, _FILENAME, "eval"), namespace)
-            value = function(**parameters)
-            if mode == "exec":  # "f();" returns nothing, as any statement
-                value = None
-        elif mode == "eval":
-            value = eval(compile(source, _FILENAME, mode), namespace)
+        elif gang is not None and gang.role == MASTER:
+            with master_context(gang):
+                value = _evaluate(source, mode, callee, parameters, namespace)
         else:
-            exec(compile(source, _FILENAME, mode), namespace)
-            value = None
+            value = _evaluate(source, mode, callee, parameters, namespace)
         try:
             pickle.dumps(value, protocol=5, buffer_callback=_discard)
         except Exception as error:
@@ -190,6 +191,17 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
     outcome["stdout"] = out.text()
     outcome["stderr"] = err.text()
     return outcome
+
+
+def _evaluate(source: str, mode: str, callee: str | None, parameters: dict | None, namespace: dict) -> Any:
+    """Run one command in ``namespace``: its value (None for statements)."""
+    if callee is not None and parameters:
+        value = eval(compile(callee, _FILENAME, "eval"), namespace)(**parameters)
+        return None if mode == "exec" else value  # "f();" returns nothing, as any statement
+    if mode == "eval":
+        return eval(compile(source, _FILENAME, mode), namespace)
+    exec(compile(source, _FILENAME, mode), namespace)
+    return None
 
 
 def _note_in_casa_log(request: WireRequest) -> None:
@@ -233,7 +245,9 @@ def _interrupt_if_meant(_signum: int, _frame: Any) -> None:
     if board is not None and board.interrupt and board.interrupt == board.running:
         cancelled = board.running
         board.interrupt = 0
-        raise KeyboardInterrupt(f"request {cancelled} was cancelled by the client")
+        # The memory watcher's reason if it ended the request. No local name holds the
+        # exception: its traceback would keep the request's frames (and memory) alive.
+        raise take_memory_interrupt(cancelled) or KeyboardInterrupt(f"request {cancelled} was cancelled by the client")
 
 
 def run_requests(requests: list[WireRequest]) -> list[dict[str, Any]]:
@@ -293,6 +307,7 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) ->
     os.environ["CASA_MAGICS_RUN_DIR"] = run_dir
     os.environ["CASA_MAGICS_ROLE"] = SERVER_ROLE  # for engines started by hand (ipcluster)
     user_namespace()[SERVER_ID_NAME] = server_id
+    guard_when_imported()  # a cube tclean outside a gang fails at once instead of waiting forever
     global _board
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

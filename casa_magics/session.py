@@ -28,7 +28,12 @@ from .checks import check_positive_int
 from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
+from .memory import effective_memory_limit, parse_memory_size, start_memory_watch
+from .replacement import Replacer
+from . import detached
 from .run_dir import default_run_dir, keep_run_dir
+from .slurm import SlurmJob
+from .slurm_launch import place_servers
 from .server_map import ServerMap
 from .server_side import (
     SERVER_ROLE,
@@ -75,6 +80,16 @@ def visible_clusters() -> list[str]:
         n = sum(getattr(es, "n", 0) or 0 for es in cluster.engines.values())
         found.append(f"{key} (profile {Path(cluster.profile_dir).name}, cluster_id {cluster.cluster_id!r}, {n} engines)")
     return found
+
+
+def _with_memory_limit(settings: Settings, memory_limit: int | str) -> Settings:
+    """``settings`` with another memory limit; a bad size is a one-line ClusterError naming it."""
+    import dataclasses
+
+    try:
+        return dataclasses.replace(settings, memory_limit=parse_memory_size(memory_limit))
+    except ValueError as error:
+        raise ClusterError(f"memory_limit: {error}") from None
 
 
 def _private_dir(path: Path) -> Path:
@@ -140,6 +155,13 @@ class ClusterSession:
         self._lock = threading.Lock()
         self._casa_installed = False
         self._casa_import_started = False
+        #: Launches replacements for lost servers (None: lost servers stay lost).
+        self.replacer: Replacer | None = None
+        self._only = threading.local()  # run_on_servers' targets while a replacement is prepared
+        #: The registry entry of a detached cluster (see casa_magics.detached), else None.
+        self.detached: Any = None
+        #: On re-attaching a detached cluster: what became of the previous client's requests.
+        self.previous_requests: list[dict[str, Any]] = []
 
     @classmethod
     def _open(
@@ -171,8 +193,23 @@ class ClusterSession:
         timeout: float | None = None,
         engine_command: list[str] | None = None,
         settings: Settings | None = None,
+        memory_limit: int | str | None = None,
+        replace_lost: bool | None = None,
+        keep: bool | None = None,
+        scheduler: str | None = None,
+        partition: str | None = None,
+        time_limit: str | None = None,
+        account: str | None = None,
+        sbatch_args: list[str] = (),
+        controller_ip: str | None = None,
     ) -> "ClusterSession":
         """Start an embedded cluster: a controller on loopback and ``n`` MPI engines.
+
+        With ``scheduler='slurm'`` the servers are the MPI ranks of one Slurm
+        batch job instead, and the controller listens on this host's address.
+        Inside a Slurm allocation (``SLURM_JOB_ID`` and ``SLURM_NTASKS`` set)
+        with no ``n``, the allocation's ``SLURM_NTASKS`` servers are started
+        in it by ``mpiexec``.
 
         Parameters
         ----------
@@ -191,6 +228,30 @@ class ClusterSession:
             Python running ``ipyparallel.engine``), e.g. to wrap engines.
         settings : Settings, optional
             Defaults for all of the above (default: read the environment).
+        memory_limit : int or str, optional
+            Resident memory each server may use (bytes, or ``'4GB'``,
+            ``'500MB'``); over it, its running request is ended (default
+            ``CASA_MAGICS_MEMORY_LIMIT``, else CASA's ``.casarc`` setting).
+        replace_lost : bool, optional
+            Replace a lost server with a new one under the same server ID
+            (default ``CASA_MAGICS_REPLACE_LOST``, else on; see
+            :mod:`casa_magics.replacement`). Not for Slurm jobs.
+        keep : bool, optional
+            Start the cluster detached: it outlives this process, and a later
+            one re-attaches with :func:`casa_magics.detached.reattach`
+            (default ``CASA_MAGICS_KEEP_CLUSTER``, else off). Not for Slurm jobs.
+        scheduler : {None, 'slurm'}, optional
+            ``'slurm'``: submit the servers as one job with ``sbatch``. The
+            start timeout then bounds the time in the queue too; after it the
+            job is cancelled and the error says why (job ID, state, reason).
+        partition, time_limit, account : str, optional
+            ``sbatch --partition``, ``--time`` (e.g. ``'04:00:00'``), ``--account``.
+        sbatch_args : list of str, optional
+            More ``sbatch`` options, e.g. ``['--mem-per-cpu=4G']``.
+        controller_ip : str, optional
+            The address the controller listens on (default: loopback, or for
+            Slurm ``CASA_MAGICS_CONTROLLER_IP``, else this host's address;
+            ``'*'`` only if you mean every interface).
 
         Raises
         ------
@@ -199,15 +260,28 @@ class ClusterSession:
             all register in time; the message includes the engines' output.
         """
         settings = settings or load_settings()
+        if memory_limit is not None:
+            settings = _with_memory_limit(settings, memory_limit)
+        keep = settings.keep_cluster if keep is None else keep
+        if keep and scheduler is not None:
+            raise ClusterError("keep=True does not apply to scheduler='slurm': the Slurm job ends with its time limit")
+        placement = place_servers(
+            scheduler, partition=partition, time_limit=time_limit, account=account, sbatch_args=sbatch_args,
+            controller_ip=controller_ip, configured_ip=settings.controller_ip, hostfile=bool(hostfile or settings.hostfile),
+        )
+        n = placement.servers(n)
         n = settings.engines if n is None else n
         check_positive_int(n, "number of servers", ClusterError)
         timeout = settings.start_timeout if timeout is None else timeout
         hostfile = hostfile or settings.hostfile
         extra_args = list(settings.mpiexec_args if mpiexec_args is None else mpiexec_args)
+        if placement.job is not None and hostfile:
+            raise ClusterError(f"a hostfile ({hostfile}) does not apply to scheduler='slurm': Slurm chooses the nodes")
 
         run_dir = default_run_dir(settings)
         # The role is fixed at launch: casa_magics in an engine knows it is a server.
         environment = {**casa_env.casa_environment(run_dir), "CASA_MAGICS_ROLE": SERVER_ROLE}
+        environment["CASA_MAGICS_RUN_DIR"] = str(run_dir)  # where each server's keeper notes how it ended
 
         why_not = _mpi_usable(settings.mpiexec)
         engine_kwargs: dict[str, Any] = {"environment": environment}
@@ -220,7 +294,8 @@ class ClusterSession:
                 mpiexec, hydra=is_hydra(mpiexec), extra_args=extra_args, hostfile=hostfile, engine_command=engine_command
             )
             engine_kwargs.update(mpi_cmd=plan.mpi_cmd, mpi_args=plan.mpi_args, engine_cmd=plan.engine_cmd)
-        elif settings.allow_no_mpi and not (extra_args or hostfile):
+            environment.update(plan.environment)
+        elif settings.allow_no_mpi and not (extra_args or hostfile) and placement.job is None:
             warnings.warn(f"MPI is not available ({why_not}): starting plain local engines", RuntimeWarning, stacklevel=2)
             engines = "local"
         else:
@@ -231,21 +306,33 @@ class ClusterSession:
             n=n,
             cluster_id=f"casa-magics-{uuid.uuid4().hex[:8]}",
             profile_dir=str(_private_dir(run_dir / "ipython-profile")),
-            controller_ip="127.0.0.1",
+            controller_ip=placement.controller_ip,
             # No task database: the client keeps what it needs, the controller need not.
-            controller_args=["--IPController.db_class=NoDB"],
+            # A detached cluster's keeps recent results for a client that re-attaches.
+            controller_args=detached.CONTROLLER_ARGS if keep else ["--IPController.db_class=NoDB"],
             load_profile=False,
             log_level=logging.WARNING,
             # Its own logger, so launcher output does not land in a notebook cell.
             log=logging.getLogger("casa_magics.cluster"),
-            shutdown_atexit=True,
+            shutdown_atexit=not keep,
         )
         kind = "MPI" if engines == "mpi" else "local"
         what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
         try:
-            client = cls._launch(cluster, n, timeout, engine_kwargs)
-            return cls._open(client, cluster=cluster, run_dir=run_dir, settings=settings, description=what)
+            if placement.job is not None:
+                client = placement.launch(cluster, n, timeout, engine_kwargs, run_dir)
+            else:
+                client = cls._launch(cluster, n, timeout, engine_kwargs)
+            description = placement.describe(what)
+            session = cls._open(client, cluster=cluster, run_dir=run_dir, settings=settings, description=description)
+            session.slurm_job = placement.job
+            if (settings.replace_lost if replace_lost is None else replace_lost) and placement.job is None:
+                session.replacer = Replacer(session, engine_kwargs)
+            if keep:
+                detached.register(session, engine_kwargs)
+            return session
         except BaseException as error:
+            placement.cancel()
             cluster.stop_cluster_sync()
             if not isinstance(error, KeyboardInterrupt):
                 keep_run_dir(f"the {what} did not start")
@@ -344,12 +431,39 @@ class ClusterSession:
         pending = [
             self.client[info.engine].apply_async(prepare_engine, info.server, str(self.run_dir), environment)
             for info in self.servers
+            if getattr(self._only, "servers", None) is None or info.server in self._only.servers
         ]
         for result in pending:
             result.get(timeout=self.settings.start_timeout)
+        self.run_on_servers(start_memory_watch, self.memory_limit)
         for setup in list(_server_setups):
             setup(self)
         self._start_casa_import()
+
+    @property
+    def memory_limit(self) -> int | None:
+        """Resident memory, in bytes, each server may use before its running request is ended (None: no limit)."""
+        return effective_memory_limit(self.settings.memory_limit)[0]
+
+    def prepare_replacement(self, server: int) -> None:
+        """Prepare the engine that replaced a lost server as every server is prepared.
+
+        Server ID, run directory, memory watcher, the server setups and the
+        background CASA import all run on that server only.
+        """
+        self._only.servers = {server}
+        try:
+            self._prepare_servers()
+        finally:
+            self._only.servers = None
+
+    def servers_share_one_world(self) -> bool:
+        """True when the servers are the ranks of one MPI world (see :attr:`ServerMap.one_world`).
+
+        MPI-based CASA code that needs every server in one world, with
+        server 1 = rank 0, can use the servers only then.
+        """
+        return self.servers.one_world
 
     def _start_casa_import(self) -> None:
         """Import CASA on every server in the background, so the first CASA command need not wait."""
@@ -390,10 +504,11 @@ class ClusterSession:
         """
         timeout = self.settings.start_timeout if timeout is None else timeout
         registered = set(self.client.ids)
+        only = getattr(self._only, "servers", None)  # set while a replacement is prepared
         pending = {
             info.server: self.client[info.engine].apply_async(function, *args)
             for info in self.servers
-            if info.engine in registered
+            if info.engine in registered and (only is None or info.server in only)
         }
         return {server: result.get(timeout=timeout) for server, result in pending.items()}
 
@@ -401,6 +516,26 @@ class ClusterSession:
         """CASA log priority at which every server notes each request (None: no notes)."""
         self.run_on_servers(set_command_log_level, level)
 
+    #: The Slurm job whose ranks are the servers (``scheduler='slurm'``), else None.
+    slurm_job: "SlurmJob | None" = None
+
+    def lost_reason(self, fresh: bool = False) -> str | None:
+        """Why every server is gone at once (``"Slurm job 12 ended: CANCELLED"``), or None.
+
+        Asked by the dispatcher's watchdog; Slurm is asked at most once per
+        :data:`casa_magics.slurm.POLL_INTERVAL` unless ``fresh``.
+        """
+        return None if self.slurm_job is None else self.slurm_job.ended_reason(fresh)
+
+    def scheduler_status(self) -> str | None:
+        """The Slurm job as Slurm describes it now (``"Slurm job 12: RUNNING on node1"``), or None."""
+        if self.slurm_job is None:
+            return None
+        try:
+            info = self.slurm_job.info(fresh=True)
+        except ClusterError as error:
+            return f"Slurm job {self.slurm_job.job_id}: {error}"
+        return None if info is None else info.describe()
 
     @property
     def owns_cluster(self) -> bool:
@@ -437,6 +572,12 @@ class ClusterSession:
         if self.cluster is not None:
             self.cluster.stop_cluster_sync()
             self._wait_for_engines_to_exit(grace=0.0)
+        if self.slurm_job is not None:
+            try:
+                self.slurm_job.cancel()  # whatever the engines did, nothing stays queued or running
+            except ClusterError as error:  # say so, but stopping goes on (this also runs at exit)
+                log.warning("%s", error)
+        detached.forget(self)  # a detached cluster is stopped for good
 
     def _wait_for_engines_to_exit(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for this host's engines, then kill what is left."""

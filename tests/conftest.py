@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,10 +25,15 @@ import pytest
 
 from casa_magics import ClusterSession, CommandClient, MPICommandClient, set_current_session
 from casa_magics.config import load_settings
+from casa_magics.launcher import find_mpiexec, is_hydra
 
 WAIT = 60  # seconds: the longest any test waits for anything
-#: The venv's bin, first on PATH for the tests and the engines they start, so mpiexec is the mpich wheel's.
+#: The venv's bin, first on PATH for the tests and the engines they start, so mpiexec is the MPI wheel's.
 VENV_BIN = str(Path(sys.executable).parent)
+#: True when the servers' MPI is MPICH (make install MPI=mpich), False for Open MPI (the default).
+HYDRA = is_hydra(find_mpiexec("mpiexec") or "mpiexec")
+#: What mpiexec says about the option -bogus-option.
+UNKNOWN_OPTION = "unrecognized argument bogus-option" if HYDRA else "Option: --bogus-option"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, message: str = "the state waited for") -> Any:
@@ -49,7 +55,7 @@ def started_marker(path: Path) -> str:
 
 def pytest_collection_modifyitems(config, items):
     if shutil.which("mpiexec", path=VENV_BIN + os.pathsep + os.environ.get("PATH", "")) is None:
-        skip = pytest.mark.skip(reason="mpiexec not found: install the mpich wheel (make install)")
+        skip = pytest.mark.skip(reason="mpiexec not found: install an MPI wheel (make install)")
         for item in items:
             if "needs_mpi" in item.keywords:
                 item.add_marker(skip)
@@ -93,6 +99,27 @@ def client(session) -> MPICommandClient:
     mpi_client.start_services()
     yield mpi_client
     mpi_client.stop_services()
+
+
+@pytest.fixture(scope="session")
+def casa_reference(tmp_path_factory, test_environment) -> Path:
+    """A directory with NGC5921 and CASA's serial results on it, made once in a process of its own.
+
+    See ``support/serial_casa_reference.py``; skips without the casa extra.
+    """
+    from casa_magics.casa_env import casa_available
+
+    if not casa_available():
+        pytest.skip("needs the casa extra (casatools, casatasks): make install")
+    directory = tmp_path_factory.mktemp("casa-reference")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # as on the servers
+    environment.pop("CASASITECONFIG", None)
+    script = Path(__file__).parent / "support" / "serial_casa_reference.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(directory)], env=environment, capture_output=True, text=True, timeout=WAIT * 5
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return directory
 
 
 @pytest.fixture

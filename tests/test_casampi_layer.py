@@ -234,7 +234,31 @@ def test_cpp_mpi_worker_start_is_not_sent_and_says_so(casampi, client, capsys):
     before = set(client.get_command_request_list())
     assert core.pgc("si.initmpi()", False) == []
     assert set(client.get_command_request_list()) == before
-    assert capsys.readouterr().err == casa_magics.mpi_interface.CPP_MPI_NOTICE + "\n"
+    assert capsys.readouterr().err == (
+        "casa_magics: cube imaging runs serially in this process: CASA's C++ MPI cannot use these servers "
+        "(see 'Which CASA code runs in parallel' in the README)\n"
+    )
+
+
+def test_cpp_mpi_tasks_are_routed_to_the_gang_while_the_layer_is_on(casampi):
+    import casatasks  # noqa: F401  (imported after enable_casampi: routed on import)
+
+    wrapper = sys.modules["casatasks.tclean"]
+    assert getattr(wrapper._tclean_t, "__casa_magics_routed__", False)
+    original = wrapper._tclean_t.__wrapped__
+    task = sys.modules["casatasks.private.task_tclean"]
+    assert task.mpi_available is True
+    casa_magics.disable_casampi()
+    try:
+        assert wrapper._tclean_t is original
+        assert not getattr(sys.modules["casatasks.deconvolve"]._deconvolve_t, "__casa_magics_routed__", False)
+        # casatasks imported while the layer was on sees no casampi again.
+        assert task.mpi_available is False
+        assert "MPIEnvironment" not in vars(task) and "MPIInterface" not in vars(task)
+    finally:
+        casa_magics.enable_casampi()
+    assert wrapper._tclean_t.__wrapped__ is original
+    assert task.mpi_available is True and task.MPIEnvironment is casa_magics.MPIEnvironment
 
 
 # ---------------------------------------------------------------- log level

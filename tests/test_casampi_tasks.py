@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import casa_magics
 from casa_magics.casa_env import casa_available
 from casa_magics.mpi_interface import CPP_MPI_NOTICE
 
-from .conftest import WAIT
 
 if not casa_available():
     pytest.skip("needs the casa extra (casatools, casatasks): make install", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 import casampi_pipeline as pipeline  # noqa: E402
+from casampi_pipeline import pixels  # noqa: E402
 
 pytestmark = [pytest.mark.needs_mpi, pytest.mark.casa]
 
@@ -38,17 +37,9 @@ ROW_KEY = ("TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FIELD_ID")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """The serial reference, made in its own process, in a fresh directory."""
-    directory = tmp_path_factory.mktemp("casampi-tasks")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # as on the servers
-    environment.pop("CASASITECONFIG", None)
-    script = Path(__file__).parent / "support" / "serial_casa_reference.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(directory)], env=environment, capture_output=True, text=True, timeout=WAIT * 5
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return directory
+def workdir(casa_reference) -> Path:
+    """The serial reference (made once per run, see conftest)."""
+    return casa_reference
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +70,7 @@ def parallel(casatasks, client):
 
 @pytest.fixture(scope="module")
 def serial(workdir):
-    import json
-
-    return json.loads((workdir / "serial.json").read_text())
+    return pipeline.serial_results(workdir)
 
 
 def column(vis: str, name: str) -> np.ndarray:
@@ -97,17 +86,6 @@ def column(vis: str, name: str) -> np.ndarray:
         tb.close()
     order = np.lexsort(keys[::-1])
     return values[..., order]
-
-
-def pixels(image: str) -> np.ndarray:
-    from casatools import image as image_tool
-
-    ia = image_tool()
-    ia.open(image)
-    try:
-        return ia.getchunk()
-    finally:
-        ia.close()
 
 
 def sub_ms_jobs(requests: dict, task: str) -> dict[str, dict]:
@@ -189,13 +167,16 @@ def test_parallel_continuum_tclean_grids_on_the_servers(parallel):
 
 
 # ----------------------------------------------------------------- cube
-def test_cube_tclean_with_casampi_enabled_is_the_serial_result_and_says_so(parallel, serial, capfd):
+def test_cube_tclean_with_casampi_enabled_runs_as_a_gang_with_the_serial_result(parallel, serial, client, capfd):
+    before = set(client.get_command_request_list())
     result = __import__("casatasks").tclean(vis="serial.ms", imagename="cube", parallel=True, **pipeline.CUBE)
-    assert capfd.readouterr().err.count(CPP_MPI_NOTICE) == 1
+    assert CPP_MPI_NOTICE.split("{")[0] not in capfd.readouterr().err  # not run serially here
+    gang = {i: r for i, r in client.get_command_response_list().items() if i not in before and r["server"] in SERVERS}
+    workers = [r for r in gang.values() if r["command"] == "synthesisimager().initmpi()"]
+    assert [r["server"] for r in workers] == [2] and workers[0]["ret"]["joined"] is True
     for kind in ("image", "residual", "psf", "model", "pb"):
         np.testing.assert_array_equal(pixels(f"cube.{kind}"), pixels(f"serial_cube.{kind}"), err_msg=kind)
-    untimed = {k: v for k, v in pipeline.plain(result).items() if "time" not in k}
-    assert untimed == {k: v for k, v in serial["tclean_cube"].items() if "time" not in k}
+    assert pipeline.untimed(result) == pipeline.untimed(serial["tclean_cube"])
 
 
 # ------------------------------------------------------------ on one server
@@ -207,11 +188,14 @@ def test_a_task_pushed_to_one_server_runs_serially_there(parallel, client, casat
     assert response["ret"] == casatasks.flagdata(vis=MMS, mode="summary")  # as the two sub-MS jobs say
 
 
-def test_a_cube_pushed_to_one_server_runs_serially_there(parallel, client):
+def test_a_cube_pushed_to_one_server_fails_at_once_saying_why(parallel, client):
     params = dict(vis=os.path.abspath("serial.ms"), imagename=os.path.abspath("cube_on_server"), **pipeline.CUBE)
     (response,) = client.push_command_request("tclean()", True, 2, params)
-    assert response["successful"], response["traceback"]
-    np.testing.assert_array_equal(pixels("cube_on_server.image"), pixels("serial_cube.image"))
+    assert not response["successful"]
+    last = response["traceback"].strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: casa_magics: tclean with specmode='cube' would wait forever on this server")
+    assert "%casa_push --gang" in last
+    assert not os.path.exists("cube_on_server.image")
 
 
 # ----------------------------------------------------------------- failures

@@ -12,7 +12,7 @@ from casa_magics import ClusterSession
 from casa_magics.config import load_settings
 from casa_magics.errors import SettingError
 
-from .conftest import WAIT
+from .conftest import UNKNOWN_OPTION, WAIT
 
 
 @pytest.mark.parametrize(
@@ -59,4 +59,4 @@ def test_a_failed_start_in_ipython_is_one_line_and_the_engines_output(tmp_path):
     assert "Traceback" not in shown
     error = next(line for line in shown.splitlines() if line.startswith("UsageError"))
     assert error.startswith("UsageError: cannot start servers: the engines exited during start-up (mpiexec exit status")
-    assert "unrecognized argument bogus-option" in shown
+    assert UNKNOWN_OPTION in shown

@@ -29,3 +29,4 @@ def test_the_demo_runs_every_example_and_stops_cleanly(tmp_path):
         assert "partition()  ngc5921.mms.0000.ms       1  True" in out
         assert "flagdata()   ngc5921.mms.0001.ms       2  True" in out
         assert "tclean(parallel=True): major cycles gridded on servers [1, 2]" in out
+        assert "tclean(specmode='cube'): imaged as a gang, server 1 the master, servers [2] its workers" in out

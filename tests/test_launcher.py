@@ -47,4 +47,4 @@ def test_open_mpi_is_allowed_to_run_as_root_only_when_it_must():
 def test_the_keeper_imports_only_the_standard_library():
     source = open(KEEPER_SCRIPT).read()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "signal", "subprocess", "sys", "ctypes"}
+    assert imports <= {"__future__", "os", "signal", "subprocess", "sys", "ctypes"}

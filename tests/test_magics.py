@@ -74,7 +74,7 @@ def test_unload_removes_the_magics_and_load_brings_them_back(ip):
 
 def test_help_is_generated_from_docstring_and_options(ip):
     doc = ip.find_line_magic("casa_push").__doc__
-    assert "::\n\n  %casa_push [-b] [-t SERVERS] [-p NAME] [command ...]" in doc
+    assert "::\n\n  %casa_push [-b] [-t SERVERS] [-p NAME] [-g] [command ...]" in doc
     assert "In [1]:" in doc and "-t SERVERS, --target SERVERS" in doc
     assert "%casa_get [-b] [--timeout S] IDS [IDS ...]" in ip.find_line_magic("casa_get").__doc__
 
@@ -133,6 +133,22 @@ def test_cell_magic_sends_the_cell_body(ip):
     assert [r["ret"] for r in line(ip, "%casa_push -b -t 1,2 summed")] == [10, 10]
     ids = ip.run_cell_magic("casa_push", "-t 2", "count(4)")
     assert line(ip, f"%casa_get -b {ids[0]}")[0]["ret"] == 6
+
+
+@pytest.mark.casa
+def test_gang_push_runs_once_on_every_server_the_master_first(ip):
+    responses = line(ip, "%casa_push -b --gang casa_server_id * 7")
+    assert [r["server"] for r in responses] == [1, 2]
+    assert responses[0]["ret"] == 7
+    assert responses[1]["command"] == "synthesisimager().initmpi()"
+    assert responses[1]["ret"]["joined"] is False  # the master's command never asked for workers
+
+
+def test_gang_push_with_a_target_is_a_usage_error_and_sends_nothing(ip, client):
+    before = requests_known(client)
+    with pytest.raises(UsageError, match=r"^--gang runs on every server: it cannot be combined with -t/--target 1,2$"):
+        line(ip, "%casa_push --gang -t 1,2 1")
+    assert requests_known(client) == before
 
 
 def test_cell_magic_through_run_cell_is_not_expanded(ip):
@@ -316,6 +332,9 @@ def test_get_mistakes_are_one_line_usage_errors(ip, args, message):
         ("%casa_cluster status --cluster-id c", r"^--cluster-id does not apply to %casa_cluster status$"),
         ("%casa_cluster stop --casampi", r"^--casampi does not apply to %casa_cluster stop$"),
         ("%casa_cluster status --casampi", r"^--casampi does not apply to %casa_cluster status$"),
+        ("%casa_cluster start --memory-limit lots", r"^argument --memory-limit: must be a size like 4GB, 500MB or a number of bytes, got 'lots'$"),
+        ("%casa_cluster stop --memory-limit 4GB", r"^--memory-limit does not apply to %casa_cluster stop$"),
+        ("%casa_cluster stop --no-replace", r"^--replace does not apply to %casa_cluster stop$"),
     ],
 )
 def test_other_mistakes_are_one_line_usage_errors(ip, text, message):

@@ -47,3 +47,29 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def untimed(result: Any) -> Any:
+    """A task's return value without its timings (which differ from run to run)."""
+    return {k: v for k, v in plain(result).items() if "time" not in k}
+
+
+def serial_results(workdir: Any) -> dict[str, Any]:
+    """The return values of the serial reference run in ``workdir``."""
+    import json
+    import os
+
+    with open(os.path.join(workdir, "serial.json")) as saved:
+        return json.load(saved)
+
+
+def pixels(image: str) -> np.ndarray:
+    """All pixels of a CASA image."""
+    from casatools import image as image_tool
+
+    ia = image_tool()
+    ia.open(image)
+    try:
+        return ia.getchunk()
+    finally:
+        ia.close()
