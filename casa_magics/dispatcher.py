@@ -138,13 +138,14 @@ GANG_GRACE = 5.0
 class _Gang:
     """One gang's requests (the master's first) and how the client is ending it."""
 
-    __slots__ = ("requests", "ended", "ended_at", "interrupted_at")
+    __slots__ = ("requests", "ended", "ended_at", "interrupted_at", "killed")
 
     def __init__(self, requests: list[Request]) -> None:
         self.requests = requests
         self.ended: str | None = None  # why the client ends the members still running
         self.ended_at: float | None = None
         self.interrupted_at: dict[int, float] = {}
+        self.killed: set[int] = set()  # members whose process was killed (or could not be)
 
 
 class Dispatcher:
@@ -539,14 +540,18 @@ class Dispatcher:
             board = self._board(server)
             if board is not None:
                 board.cancel_and_interrupt(request.id, server.info.pid)
-        elif running and now - asked >= GANG_GRACE:
+        elif running and now - asked >= GANG_GRACE and request.id not in gang.killed:
+            gang.killed.add(request.id)
             process = server.info.process()
-            if process is not None:
-                log.warning("%s is stuck in a gang that ended (%s): killing it", server.describe(), gang.ended)
-                try:
-                    process.kill()
-                except Exception:  # gone already
-                    pass
+            if process is None:
+                log.warning("%s is stuck in a gang that ended (%s) and is not on this host: it stays busy until "
+                            "its job ends", server.describe(), gang.ended)
+                return
+            log.warning("%s is stuck in a gang that ended (%s): killing it", server.describe(), gang.ended)
+            try:
+                process.kill()
+            except Exception:  # gone already
+                pass
 
     # --------------------------------------------------------------- getting
     def _known(self, request_ids: Iterable[int]) -> list[Request]:

@@ -9,9 +9,12 @@ end within a bounded time with the documented outcome.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import pytest
 from casa_magics import ClusterSession, CommandClient
 from casa_magics.casa_env import prepare_client_process
 from casa_magics.errors import CommandRequestError
-from casa_magics.gang import WORKER_COMMAND, why_not_a_gang
+from casa_magics.gang import WORKER_COMMAND, run_task_as_gang, why_not_a_gang
 from casa_magics.launcher import open_mpi_environment
 
 from .conftest import WAIT, started_marker, wait_until
@@ -224,25 +227,74 @@ def test_aborting_a_gang_ends_it_cleanly_and_the_servers_stay_usable(gang_client
 
 @pytest.mark.needs_mpi
 @pytest.mark.casa
-def test_killing_the_master_mid_gang_ends_every_member_as_timeout_naming_it(casa_reference, own_cluster, tmp_path):
+@pytest.mark.parametrize("victim", [1, 2], ids=["master", "worker"])
+def test_killing_a_member_mid_gang_ends_every_member_as_timeout_naming_it(casa_reference, own_cluster, tmp_path, victim):
     client = own_cluster(3)
     client.push_command_request("from casatasks import tclean", True, [1, 2, 3])
     marker = tmp_path / "master-started"
     params = dict(vis=str(casa_reference / "serial.ms"), imagename=str(tmp_path / "killed"), **LONG_CUBE)
     ids = client.push_gang_request(f"{started_marker(marker)}; tclean(**cube)", False, {"cube": params})
     wait_until(marker.exists, message="the master's command started")
-    master_pid = client.get_server_status()[1]["pid"]
-    psutil.Process(master_pid).kill()
+    if victim != 1:  # the worker is imaging once it has waited for the master's word
+        wait_until(lambda: _cpu_seconds(client, victim) > 1.0, message=f"server {victim} imaging")
+    pid = client.get_server_status()[victim]["pid"]
+    psutil.Process(pid).kill()
     responses = client.get_command_response(ids, True)
     assert [r["status"] for r in responses] == ["timeout"] * 3
-    assert responses[0]["traceback"].startswith(f"Timeout: server 1 (host {responses[0]['host']}, pid {master_pid}) was lost")
-    for worker in responses[1:]:
-        assert f"gang of request {ids[0]} ended: server 1 of the gang was lost" in worker["traceback"]
-    # Workers that never entered CASA's C++ are usable again; any stuck in it were killed and are lost.
-    for server in (2, 3):
-        wait_until(lambda: _usable_or_lost(client, server), message=f"server {server} usable or reported lost")
-    with pytest.raises(CommandRequestError, match="^cannot run a gang: server 1 "):
+    killed = responses[victim - 1]
+    assert killed["traceback"].startswith(f"Timeout: server {victim} (host {killed['host']}, pid {pid}) was lost")
+    for other in responses:
+        if other is not killed:
+            assert f"gang of request {ids[0]} ended: server {victim} of the gang was lost" in other["traceback"]
+    # Members that never entered CASA's C++ are usable again; any stuck in it were killed (and replaced).
+    for server in {1, 2, 3} - {victim}:
+        wait_until(lambda: _usable_or_lost(client, server), message=f"server {server} usable, lost or replaced")
+    with pytest.raises(CommandRequestError, match="^cannot run a gang: server "):
         client.push_gang_request("1")
+
+
+def _cpu_seconds(client, server):
+    return sum(psutil.Process(client.get_server_status()[server]["pid"]).cpu_times()[:2])
+
+
+@pytest.mark.needs_mpi
+@pytest.mark.casa
+def test_ctrl_c_while_a_task_runs_as_a_gang_ends_the_gang_cleanly(gang_client, tmp_path):
+    marker = tmp_path / "imaging"
+    params = dict(vis=str(Path("serial.ms").resolve()), imagename=str(Path("interrupted").resolve()), **LONG_CUBE)
+    before = set(gang_client.get_command_request_list())
+
+    def gang_ids():
+        requests = gang_client.get_command_request_list()
+        workers = [i for i in requests if i not in before and requests[i]["command"] == WORKER_COMMAND]
+        return [workers[0] - 1, *workers] if len(workers) == 2 else None  # the master's request comes first
+
+    def interrupt_once_imaging():
+        wait_until(gang_ids, message="the gang sent")
+        idle = _cpu_seconds(gang_client, 3)
+        wait_until(lambda: _cpu_seconds(gang_client, 3) > idle + 1.0, message="a worker imaging")
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    import casatasks
+
+    # What the task wrapper hands the implementation: every parameter, defaults filled in.
+    arguments = inspect.signature(type(casatasks.tclean).__call__).bind(None, **params)
+    arguments.apply_defaults()
+    arguments = {name: value for name, value in arguments.arguments.items() if name != "self"}
+    thread = threading.Thread(target=interrupt_once_imaging)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_task_as_gang(gang_client, "tclean", arguments)
+    finally:
+        thread.join(WAIT)
+    assert marker.exists()
+    responses = gang_client.get_command_response(gang_ids(), True)
+    assert responses[0]["status"] == "cancelled"
+    assert "KeyboardInterrupt" in responses[0]["traceback"]
+    assert all(r["status"] in ("cancelled", "response received") for r in responses)
+    assert [a["ret"] for a in gang_client.push_command_request("casa_server_id", True, [1, 2, 3])] == [1, 2, 3]
 
 
 def _usable_or_lost(client, server):
