@@ -101,7 +101,7 @@ def open_mpi_environment(environ: "dict[str, str] | os._Environ[str] | None" = N
     Open MPI waits for a message by polling. In a gang (see
     :mod:`casa_magics.gang_server`) the master waits while its workers
     image, and on a machine with fewer cores than servers that polling took
-    a worker's core. With these, a rank with nothing to do sleeps 0.1 ms
+    a worker's core. With these, a rank with nothing to do sleeps 1 ms
     between polls. Variables already set in ``environ`` (default: this
     process's environment) are left out, so the user's own win.
     """
@@ -109,7 +109,7 @@ def open_mpi_environment(environ: "dict[str, str] | os._Environ[str] | None" = N
     wanted = {
         "OMPI_MCA_mpi_yield_when_idle": "1",
         "OMPI_MCA_threads_pthreads_yield_strategy": "nanosleep",
-        "OMPI_MCA_threads_pthreads_nanosleep_time": "100000",
+        "OMPI_MCA_threads_pthreads_nanosleep_time": "1000000",
     }
     return {name: value for name, value in wanted.items() if name not in environ}
 
