@@ -37,8 +37,8 @@ test: install
 # (as root; CI runs this before `make test`; `make test` itself installs nothing).
 slurm-packages:
 	@test "$$(id -u)" = 0 || { echo "make slurm-packages must run as root (it uses apt-get)"; exit 1; }
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge
+	dpkg -s slurm-wlm munge >/dev/null 2>&1 || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; }
 
 # Both benchmarks: dispatch speed, then casatasks' parallel tasks (a few minutes).
 bench: install
