@@ -209,9 +209,15 @@ class CommandClient:
         checked = check_parameters(parameters)
         dispatcher = self._services()
         targets = dispatcher.session.servers.parse_targets(target_server)
-        # A Ctrl-C during the push is held until the requests are sent, so none is half-sent.
+        return self._send(dispatcher, block, lambda cwd: dispatcher.push(compiled, checked, targets, cwd))
+
+    def _send(self, dispatcher: Dispatcher, block: bool, push: Any) -> list[int] | list[dict[str, Any]]:
+        """Run ``push(cwd)``, which creates and sends requests; with ``block``, wait for their responses.
+
+        A Ctrl-C during the push is held until the requests are sent, so none is half-sent.
+        """
         with deferred_interrupts():
-            ids = dispatcher.push(compiled, checked, targets, os.getcwd() if self.follow_cwd else None)
+            ids = push(os.getcwd() if self.follow_cwd else None)
             if block:
                 return dispatcher.responses(ids, block=True)
         return ids
@@ -264,11 +270,8 @@ class CommandClient:
         why = gang_unavailable(self)
         if why is not None:
             raise CommandRequestError(f"cannot run a gang: {why}")
-        with deferred_interrupts():
-            ids = dispatcher.push_gang(compiled, compile_command(WORKER_COMMAND), checked, os.getcwd() if self.follow_cwd else None)
-            if block:
-                return dispatcher.responses(ids, block=True)
-        return ids
+        worker = compile_command(WORKER_COMMAND)
+        return self._send(dispatcher, block, lambda cwd: dispatcher.push_gang(compiled, worker, checked, cwd))
 
     # ---------------------------------------------------------------- getting
     def get_command_response(

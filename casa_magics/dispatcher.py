@@ -195,11 +195,7 @@ class Dispatcher:
                 if all(server.lost for server in self._servers.values()):
                     raise CommandRequestError("no server is left: every server was lost")
             else:
-                for target in targets:
-                    server = self._servers[target]
-                    if not server.usable:
-                        why = server.lost or f"it has not answered for over {self.server_timeout:g} s"
-                        raise CommandRequestError(f"server {target} cannot take requests: {why}")
+                self._refuse_unusable(targets)
             created = []
             for target in targets or [None]:
                 request = Request(next(self._ids), compiled, parameters, target, cwd)
@@ -213,6 +209,14 @@ class Dispatcher:
             if targets is None:
                 self._assign()
             return [request.id for request in created]
+
+    def _refuse_unusable(self, targets: list[int], prefix: str = "") -> None:
+        """Raise :class:`CommandRequestError` for the first target that cannot take requests."""
+        for target in targets:
+            server = self._servers[target]
+            if not server.usable:
+                why = server.lost or f"it has not answered for over {self.server_timeout:g} s"
+                raise CommandRequestError(f"{prefix}server {target} cannot take requests: {why}")
 
     def _pump(self, server: _Server) -> None:
         """Send the requests waiting for ``server`` if it has room in flight."""
@@ -462,10 +466,7 @@ class Dispatcher:
         with self._lock:
             if self._closed.is_set():
                 raise CommandRequestError("the client's services are stopped: call start_services() first")
-            for server in self._servers.values():
-                if not server.usable:
-                    why = server.lost or f"it has not answered for over {self.server_timeout:g} s"
-                    raise CommandRequestError(f"cannot run a gang: server {server.info.server} cannot take requests: {why}")
+            self._refuse_unusable(sorted(self._servers), "cannot run a gang: ")
             gang_id = time.time_ns()
             members = sorted(self._servers)
             requests = []

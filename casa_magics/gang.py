@@ -80,15 +80,12 @@ def why_not_a_gang(reports: dict[int, dict | str]) -> str | None:
     return None
 
 
-def _world_reports(client: Any) -> dict[int, dict | str]:
-    session = client.session
-    known = _reports.setdefault(session, {})
-    status = client.get_server_status()
+def _world_reports(client: Any, status: dict[int, dict]) -> dict[int, dict | str]:
+    """Each server's :func:`~casa_magics.gang_server.world_report`; asked once per server process."""
+    known = _reports.setdefault(client.session, {})
     reports: dict[int, dict | str] = {}
     missing = []
     for server, state in status.items():
-        if state.get("lost") or state.get("timeout"):
-            continue
         cached = known.get(server)
         if cached is not None and cached[0] == state["pid"]:
             reports[server] = cached[1]
@@ -116,7 +113,7 @@ def gang_unavailable(client: Any) -> str | None:
     for server, state in sorted(status.items()):
         if state.get("lost") or state.get("timeout"):
             return f"server {server} is not available ({state.get('lost') or 'not answering'})"
-    return why_not_a_gang(_world_reports(client))
+    return why_not_a_gang(_world_reports(client, status))
 
 
 def last_serial_reason() -> str | None:

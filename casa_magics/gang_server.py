@@ -48,6 +48,7 @@ __all__ = [
     "world_report",
     "guard_cpp_mpi_tasks",
     "guard_when_imported",
+    "is_cpp_worker_start",
     "wrap_task_implementations",
     "AfterImport",
     "in_gang",
@@ -141,6 +142,11 @@ class _GangEnvironment:
         return 0
 
 
+def is_cpp_worker_start(command: Any) -> bool:
+    """True for casatasks' ``si.initmpi()``: the ranks asked to join CASA's C++ MPI as workers."""
+    return isinstance(command, str) and command.replace(" ", "").endswith(".initmpi()")
+
+
 class _GangCore:
     """The ``_cluster`` of the master's ``MPIInterface``: only ``si.initmpi()`` does anything."""
 
@@ -148,7 +154,7 @@ class _GangCore:
         self._starter = starter
 
     def pgc(self, commands: Any, block: bool = True) -> list:
-        if isinstance(commands, str) and commands.replace(" ", "").endswith(".initmpi()"):
+        if is_cpp_worker_start(commands):
             self._starter.go()
         return []  # the workers import and create their synthesisimager themselves
 

@@ -20,6 +20,7 @@ from typing import Any
 from .client import MPICommandClient
 from .environment import process_role
 from .gang import last_serial_reason
+from .gang_server import is_cpp_worker_start
 
 __all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE", "prompt_imager_job_checks", "JobClock"]
 
@@ -71,11 +72,6 @@ def _refuse_on_a_server(what: str) -> None:
         raise RuntimeError(f"{what} is for the client: this process is a casa_magics server, where CASA runs serially")
 
 
-def _is_cpp_worker_start(command: str) -> bool:
-    """True for casatasks' ``si.initmpi()``: servers entering CASA's C++ MPI worker loop."""
-    return command.replace(" ", "").endswith(".initmpi()")
-
-
 class MPIInterfaceCore:
     """The ``_cluster`` object of :class:`MPIInterface` (casampi's ``MPIInterfaceCore``).
 
@@ -116,7 +112,7 @@ class MPIInterfaceCore:
         if isinstance(commands, dict):
             ids = [self._client.push_command_request(command, False, server)[0] for server, command in commands.items()]
             return self._client.get_command_response(ids, block, True)
-        if _is_cpp_worker_start(commands):
+        if is_cpp_worker_start(commands):
             why = last_serial_reason() or "CASA's C++ MPI cannot use these servers"
             print(CPP_MPI_NOTICE.format(why=why), file=sys.stderr)
             return []
