@@ -10,7 +10,15 @@ from typing import Any
 
 from .errors import CommandRequestError
 
-__all__ = ["clip", "short", "check_block", "check_positive_int"]
+__all__ = ["clip", "short", "check_block", "check_positive_int", "tail", "OUTPUT_TAIL"]
+
+#: Lines of a process's output quoted in a start-up error.
+OUTPUT_TAIL = 40
+
+
+def tail(text: str, lines: int = OUTPUT_TAIL) -> str:
+    """The last ``lines`` lines of ``text``, without surrounding blank space."""
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def clip(text: str, limit: int) -> str:

@@ -343,9 +343,10 @@ def reattach(
     if cluster.replace_lost and cluster.engine_kwargs:
         session.replacer = Replacer(session, cluster.engine_kwargs)
     _attach(session, cluster)
-    session.previous_requests = previous_requests(session, since)
+    hub = _hub_requests(session)  # the controller's record, read once: it can be large
+    session.previous_requests = previous_requests(session, since, hub)
     # Request IDs go on from the previous client's: a server's cancel board names requests by ID.
-    session.first_request_id = max((request.id for _, requests in _hub_requests(session) for request in requests), default=0) + 1
+    session.first_request_id = max((request.id for _, requests in hub for request in requests), default=0) + 1
     return session
 
 
@@ -378,7 +379,9 @@ def _stamp(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
-def previous_requests(session: "ClusterSession", since: float | None = None) -> list[dict[str, Any]]:
+def previous_requests(
+    session: "ClusterSession", since: float | None = None, hub: list[tuple[dict, list]] | None = None
+) -> list[dict[str, Any]]:
     """What became of the requests other clients sent, as the controller and the servers tell.
 
     Parameters
@@ -387,6 +390,8 @@ def previous_requests(session: "ClusterSession", since: float | None = None) -> 
         When the previous client was last alive (a Unix time). Requests
         answered before then are left out (that client had their answers);
         None lists every request the controller remembers.
+    hub : list, optional
+        The controller's record as already read (default: read it now).
 
     Returns
     -------
@@ -419,7 +424,7 @@ def previous_requests(session: "ClusterSession", since: float | None = None) -> 
         except OSError:
             pass
     found = []
-    for record, requests in _hub_requests(session):
+    for record, requests in _hub_requests(session) if hub is None else hub:
         completed = _stamp(record.get("completed"))
         if completed is not None and since is not None and completed < since - HEARTBEAT:
             continue

@@ -45,7 +45,7 @@ from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
 from .gang_server import MASTER, WORKER, GangTicket
 from .server_map import GONE, STOPPED, ServerInfo
 from .server_side import request_runner
-from .memory import memory_figures
+from .memory import available_memory, memory_figures
 from .replacement import start_replacement
 from .waiting import wait_interactive
 
@@ -409,31 +409,32 @@ class Dispatcher:
             except Exception:  # the watchdog must outlive any one bad check
                 log.exception("server check failed")
 
+    @staticmethod
+    def _look_at(server: _Server, registered: set[int]) -> tuple[str | None, bool]:
+        """Why ``server`` is lost (None if it is not), and whether its process is stopped."""
+        if server.info.engine not in registered:
+            return "its engine unregistered from the controller", False
+        liveness = server.info.liveness()
+        return ("its process is gone" if liveness == GONE else None), liveness == STOPPED
+
     def check_servers(self) -> None:
         """Look at every server once: is its process alive, is it answering? Has its Slurm job ended?"""
         registered = set(self.session.client.ids)
         now = time.time()
         # A session whose servers are one Slurm job says when Slurm ended it (None otherwise).
-        lost_reason = getattr(self.session, "lost_reason", lambda fresh=False: None)
-        all_lost = lost_reason()
+        all_lost = self.session.lost_reason()
+        asked_afresh = False
         for server in list(self._servers.values()):
             if server.lost is not None:
                 continue
-            why_lost = all_lost
-            stopped = False
-            if why_lost:
-                pass
-            elif server.info.engine not in registered:
-                why_lost = "its engine unregistered from the controller"
-            else:
-                liveness = server.info.liveness()
-                if liveness == GONE:
-                    why_lost = "its process is gone"
-                stopped = liveness == STOPPED
-            if why_lost and not all_lost:
-                # Did Slurm end the whole job? Then that is the reason, for this server and the rest.
-                all_lost = lost_reason(fresh=True)
-                why_lost = all_lost or why_lost
+            why_lost, stopped = all_lost, False
+            if not why_lost:
+                why_lost, stopped = self._look_at(server, registered)
+                if why_lost and not asked_afresh:
+                    # Did Slurm end the whole job? Then that is the reason, for this server and the rest.
+                    asked_afresh = True
+                    all_lost = self.session.lost_reason(fresh=True)
+                    why_lost = all_lost or why_lost
             with self._lock:
                 if why_lost:
                     self._lose(server, why_lost)
@@ -670,9 +671,10 @@ class Dispatcher:
         """casampi's ``get_server_status()``: a dict per server ID (with memory figures, see :func:`memory_figures`)."""
         now = time.time()
         status = {}
-        memory_limit = getattr(self.session, "memory_limit", None)
+        infos = {}
         with self._lock:
             for server_id, server in self._servers.items():
+                infos[server_id] = server.info
                 head = server.in_flight[0].requests[0] if server.in_flight else None
                 queued = sum(len(m.requests) for m in server.in_flight) + len(server.waiting)
                 status[server_id] = {
@@ -688,10 +690,13 @@ class Dispatcher:
                     "timeout": server.timed_out or server.lost is not None,
                     "lost": server.lost,
                     "log": str(server_log_path(self.session, server_id)),
-                    "casa": self.session.casa_state(server_id),
                     "replaced": server.replaced,
                 }
-                status[server_id].update(memory_figures(server.info, memory_limit))
+        # Files and /proc are read without the lock, which answers and the watchdog need.
+        available, limit = available_memory(), self.session.memory_limit
+        for server_id, info in infos.items():
+            status[server_id]["casa"] = self.session.casa_state(server_id)
+            status[server_id].update(memory_figures(info, limit, available))
         return status
 
     @property

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "exit_note_path"]
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -57,16 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _note_exit(pid: int, code: int) -> None:
-    """Write how the engine ended (``-9``: SIGKILL) where the client looks when the server is lost.
+def exit_note_path(run_dir: str, pid: int) -> str:
+    """Where a server's keeper notes how the engine of process ``pid`` ended."""
+    return os.path.join(run_dir, f"engine-{pid}.exit")
 
-    The file is ``<run dir>/engine-<pid>.exit`` (see casa_magics.replacement.exit_note_path).
-    """
+
+def _note_exit(pid: int, code: int) -> None:
+    """Write how the engine ended (``-9``: SIGKILL) where the client looks when the server is lost."""
     run_dir = os.environ.get("CASA_MAGICS_RUN_DIR")
     if not run_dir:
         return
     try:
-        with open(os.path.join(run_dir, f"engine-{pid}.exit"), "w") as note:
+        with open(exit_note_path(run_dir, pid), "w") as note:
             note.write(str(code))
     except OSError:  # a note is never worth more than the exit itself
         pass

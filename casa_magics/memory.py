@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -250,18 +249,18 @@ def available_memory() -> int | None:
         return None
 
 
-def memory_figures(info: Any, limit: int | None) -> dict[str, Any]:
+def memory_figures(info: Any, limit: int | None, available: int | None) -> dict[str, Any]:
     """A server's memory figures for its status: ``memory`` (RSS), ``memory_limit``, ``available_memory``.
 
-    ``memory`` and ``available_memory`` are None for a server on another
-    host or one whose process is gone.
+    ``available`` is this machine's :func:`available_memory`, read once for
+    all servers. ``memory`` and ``available_memory`` are None for a server
+    on another host; ``memory`` also for one whose process is gone.
     """
     rss = None
-    process = info.process() if info.host == socket.gethostname() else None
+    process = info.process()  # None on another host
     if process is not None:
         try:
             rss = process.memory_info().rss
         except Exception:  # gone between the two calls
             rss = None
-    local = info.host == socket.gethostname()
-    return {"memory": rss, "memory_limit": limit, "available_memory": available_memory() if local else None}
+    return {"memory": rss, "memory_limit": limit, "available_memory": available if info.on_this_host else None}

@@ -17,7 +17,6 @@ A server that keeps dying is not replaced forever: at most
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .detached import save_server_map
+from .engine_keeper import exit_note_path
 
 if TYPE_CHECKING:
     from .server_map import ServerInfo
@@ -39,11 +39,6 @@ MAX_TRIES = 3
 TRY_WINDOW = 60.0
 #: Set in a replacement's environment to the server ID it replaces (a wrapper may read it).
 REPLACES_VARIABLE = "CASA_MAGICS_REPLACES"
-
-
-def exit_note_path(run_dir: str | os.PathLike[str], pid: int) -> Path:
-    """Where a server's keeper notes how the engine of process ``pid`` ended (see engine_keeper)."""
-    return Path(run_dir) / f"engine-{pid}.exit"
 
 
 def _oom_kills() -> int | None:
@@ -107,7 +102,7 @@ class Replacer:
 
     def why_gone(self, info: "ServerInfo", wait: float = 2.0) -> str:
         """How a lost server's process ended, from its keeper's note (waiting ``wait`` s for it)."""
-        path = exit_note_path(self.session.run_dir, info.pid)
+        path = Path(exit_note_path(str(self.session.run_dir), info.pid))
         deadline = time.monotonic() + wait
         code = None
         while True:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import logging
 import threading
 import uuid
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import ipyparallel as ipp
 
 from . import casa_env
-from .checks import check_positive_int
+from .checks import check_positive_int, tail
 from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
@@ -58,12 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("casa_magics")
-
-_OUTPUT_TAIL = 40  # lines of engine output quoted in a start-up error
-
-
-def _tail(text: str, lines: int = _OUTPUT_TAIL) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def visible_clusters() -> list[str]:
@@ -320,7 +315,7 @@ class ClusterSession:
         what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
         try:
             if placement.job is not None:
-                client = placement.launch(cluster, n, timeout, engine_kwargs, run_dir)
+                client = placement.launch(cluster, n, timeout, plan, environment, run_dir)
             else:
                 client = cls._launch(cluster, n, timeout, engine_kwargs)
             description = placement.describe(what)
@@ -361,7 +356,7 @@ class ClusterSession:
         if registered in done and registered.exception() is None:
             return client
         client.close()
-        output = _tail(engine_set.get_output() or "(no output)")
+        output = tail(engine_set.get_output() or "(no output)")
         if stopped in done:
             reason = f"the engines exited during start-up (mpiexec exit status {stopped.result()})"
         else:
@@ -440,9 +435,12 @@ class ClusterSession:
             setup(self)
         self._start_casa_import()
 
-    @property
+    @functools.cached_property
     def memory_limit(self) -> int | None:
-        """Resident memory, in bytes, each server may use before its running request is ended (None: no limit)."""
+        """Resident memory, in bytes, each server may use before its running request is ended (None: no limit).
+
+        Worked out once per session (it may read ``~/.casarc``).
+        """
         return effective_memory_limit(self.settings.memory_limit)[0]
 
     def prepare_replacement(self, server: int) -> None:
@@ -523,7 +521,7 @@ class ClusterSession:
         """Why every server is gone at once (``"Slurm job 12 ended: CANCELLED"``), or None.
 
         Asked by the dispatcher's watchdog; Slurm is asked at most once per
-        :data:`casa_magics.slurm.POLL_INTERVAL` unless ``fresh``.
+        :data:`casa_magics.slurm.WATCH_INTERVAL` unless ``fresh``.
         """
         return None if self.slurm_job is None else self.slurm_job.ended_reason(fresh)
 

@@ -37,12 +37,15 @@ __all__ = [
     "ENDED_STATES",
     "COMMAND_TIMEOUT",
     "POLL_INTERVAL",
+    "WATCH_INTERVAL",
 ]
 
 #: Seconds any one Slurm command may take before it counts as failed.
 COMMAND_TIMEOUT = 30.0
 #: Seconds between two looks at a job's state.
 POLL_INTERVAL = 1.0
+#: Seconds between the watchdog's own looks at a running job (a server seen lost asks at once).
+WATCH_INTERVAL = 5.0
 #: Job states after which a job's processes are gone or going.
 ENDED_STATES = frozenset(
     {
@@ -195,10 +198,6 @@ class JobInfo:
     @property
     def pending(self) -> bool:
         return self.state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING")
-
-    @property
-    def running(self) -> bool:
-        return self.state == "RUNNING"
 
     @property
     def ended(self) -> bool:
@@ -355,7 +354,7 @@ class SlurmJob:
         return self.job_id
 
     def info(self, fresh: bool = True) -> JobInfo | None:
-        """The job as Slurm describes it now (or as of the last look, at most :data:`POLL_INTERVAL` ago).
+        """The job as Slurm describes it now (or as of the last look, at most :data:`WATCH_INTERVAL` ago).
 
         None before :meth:`submit`. A job Slurm no longer knows is ``GONE``;
         once a job has ended it is not asked about again.
@@ -363,7 +362,7 @@ class SlurmJob:
         if self.job_id is None:
             return None
         with self._lock:
-            if self._last is not None and (self._last.ended or (not fresh and time.monotonic() - self._last_time < POLL_INTERVAL)):
+            if self._last is not None and (self._last.ended or (not fresh and time.monotonic() - self._last_time < WATCH_INTERVAL)):
                 return self._last
             done = _run(["scontrol", "show", "job", "--oneliner", self.job_id])
             if done.returncode != 0:
@@ -381,7 +380,7 @@ class SlurmJob:
     def ended_reason(self, fresh: bool = False) -> str | None:
         """``"Slurm job 12 ended: CANCELLED"`` once the job has ended, else None.
 
-        Looks at most every :data:`POLL_INTERVAL` seconds unless ``fresh``. A
+        Looks at most every :data:`WATCH_INTERVAL` seconds unless ``fresh``. A
         failure to ask says nothing (None): only Slurm's own word ends servers.
         """
         try:

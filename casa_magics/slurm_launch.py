@@ -25,13 +25,13 @@ import ipaddress
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checks import tail
 from .errors import ClusterError
 from .launcher import LaunchPlan, launch_command
 from .slurm import (
@@ -53,9 +53,7 @@ __all__ = ["Placement", "place_servers", "default_controller_ip", "starting_job"
 #: The ``scheduler`` values :meth:`ClusterSession.start` takes.
 SCHEDULERS = (None, "slurm")
 LOOPBACK = "127.0.0.1"
-_OUTPUT_TAIL = 40
 
-_starting_lock = threading.Lock()
 _starting: SlurmJob | None = None
 
 
@@ -100,8 +98,6 @@ class Placement:
 
     Attributes
     ----------
-    scheduler : str or None
-        ``'slurm'`` for a batch job, None otherwise.
     controller_ip : str
         Where the controller listens.
     allocation : Allocation or None
@@ -112,7 +108,6 @@ class Placement:
         The batch job (submitted by :meth:`launch`).
     """
 
-    scheduler: str | None
     controller_ip: str
     allocation: Allocation | None = None
     options: dict[str, Any] | None = None
@@ -141,7 +136,7 @@ class Placement:
             except ClusterError as error:
                 print(f"casa_magics: {error}", file=sys.stderr)
 
-    def launch(self, cluster: Any, n: int, timeout: float, engine_kwargs: dict[str, Any], run_dir: Path) -> Any:
+    def launch(self, cluster: Any, n: int, timeout: float, plan: LaunchPlan, environment: dict[str, str], run_dir: Path) -> Any:
         """Start the controller, submit the servers' job and wait for every engine.
 
         Returns the connected ``ipyparallel.Client``. While the job waits in
@@ -154,22 +149,19 @@ class Placement:
         assert self.job is not None and self.options is not None
         cluster.start_controller_sync()
         engine_args = [f"--profile-dir={cluster.profile_dir}", f"--cluster-id={cluster.cluster_id}"]
-        plan = LaunchPlan(engine_kwargs["mpi_cmd"], engine_kwargs["mpi_args"], engine_kwargs["engine_cmd"])
         launch = launch_command(plan, n, engine_args)
         tag = uuid.uuid4().hex[:8]
         script = run_dir / f"slurm-servers-{tag}.sh"
-        script.write_text(batch_script(launch, engine_kwargs.get("environment", {})))
+        script.write_text(batch_script(launch, environment))
         script.chmod(0o700)
         output = run_dir / "slurm-servers-%j.out"
         options = JobOptions(ntasks=n, output=str(output), workdir=os.getcwd(), **self.options)
-        with _starting_lock:
-            _starting = self.job
+        _starting = self.job  # one reference, read by starting_job() without a lock
         try:
             self.job.submit(sbatch_command(options, str(script)))
             return self._wait(cluster, n, timeout, launch, output)
         finally:
-            with _starting_lock:
-                _starting = None
+            _starting = None
 
     def _wait(self, cluster: Any, n: int, timeout: float, launch: list[str], output: Path) -> Any:
         job = self.job
@@ -213,10 +205,9 @@ class Placement:
 
 def _read_tail(path: Path) -> str:
     try:
-        text = path.read_text(errors="replace").strip()
+        return tail(path.read_text(errors="replace")) or "(no output)"
     except OSError:
         return "(no output)"
-    return "\n".join(text.splitlines()[-_OUTPUT_TAIL:]) or "(no output)"
 
 
 def place_servers(
@@ -269,7 +260,7 @@ def place_servers(
             "extra": check_sbatch_args(sbatch_args),
         }
         ip = explicit_ip or default_controller_ip(configured_ip)
-        return Placement("slurm", ip, options=options, job=SlurmJob())
+        return Placement(ip, options=options, job=SlurmJob())
     allocation = current_allocation(environ)
     if explicit_ip:
         ip = explicit_ip
@@ -277,4 +268,4 @@ def place_servers(
         ip = default_controller_ip(configured_ip)  # ranks on other nodes must reach the controller
     else:
         ip = LOOPBACK
-    return Placement(None, ip, allocation=allocation)
+    return Placement(ip, allocation=allocation)

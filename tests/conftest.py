@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,21 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "needs_mpi" in item.keywords:
                 item.add_marker(skip)
+
+
+def kill_busy_server(client: CommandClient, pid: int, marker: Path) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Make a 3-server cluster busy, then SIGKILL server 2 (process ``pid``) in the middle of a command.
+
+    Returns the request IDs: running on server 2, queued behind it, busy on
+    servers 1 and 3, and four held for any server.
+    """
+    running = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=2)
+    queued = client.push_command_request("'behind'", target_server=2)
+    others_busy = client.push_command_request("import time; time.sleep(2)", target_server=[1, 3])
+    held = [client.push_command_request("casa_server_id")[0] for _ in range(4)]
+    wait_until(marker.exists, message="the long request running on server 2")
+    os.kill(pid, signal.SIGKILL)
+    return running, queued, others_busy, held
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 
 from casa_magics import CommandRequestError, waiting
 
-from .conftest import WAIT, started_marker, wait_until
+from .conftest import WAIT, kill_busy_server, started_marker, wait_until
 
 pytestmark = pytest.mark.needs_mpi
 
@@ -21,13 +21,7 @@ def test_killed_server_answers_timeout_and_the_rest_carry_on(own_cluster, tmp_pa
     client = own_cluster(n=3, server_timeout=5, replace_lost=False)  # replacement: see test_replacement
     client.push_command_request("kept = 'state'", block=True, target_server=[1, 3])
     info = client.session.servers.info(2)
-    marker = tmp_path / "running-started"
-    running = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=2)
-    queued = client.push_command_request("'behind'", target_server=2)
-    others_busy = client.push_command_request("import time; time.sleep(2)", target_server=[1, 3])
-    held = [client.push_command_request("casa_server_id")[0] for _ in range(4)]
-    wait_until(marker.exists, message="the long request running on server 2")
-    os.kill(info.pid, signal.SIGKILL)
+    running, queued, others_busy, held = kill_busy_server(client, info.pid, tmp_path / "running-started")
     killed_at = time.time()
     responses = client.get_command_response([running, queued], block=True, timeout=WAIT)
     noticed_after = time.time() - killed_at

@@ -16,7 +16,7 @@ from casa_magics.display import status_text
 from casa_magics.errors import SettingError
 from casa_magics.replacement import describe_exit
 
-from .conftest import WAIT, started_marker, wait_until
+from .conftest import WAIT, kill_busy_server, wait_until
 
 
 def identity(rank: int, pid: int) -> dict:
@@ -58,13 +58,7 @@ def test_a_killed_server_is_replaced_with_fresh_state(own_cluster, tmp_path):
     assert session.servers_share_one_world()
     client.push_command_request("kept = 'state'", block=True, target_server=[1, 2, 3])
     old = session.servers.info(2)
-    marker = tmp_path / "running-started"
-    running = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=2)
-    queued = client.push_command_request("'behind'", target_server=2)
-    others_busy = client.push_command_request("import time; time.sleep(2)", target_server=[1, 3])
-    held = [client.push_command_request("casa_server_id")[0] for _ in range(4)]
-    wait_until(marker.exists, message="the long request running on server 2")
-    os.kill(old.pid, signal.SIGKILL)
+    running, queued, others_busy, held = kill_busy_server(client, old.pid, tmp_path / "running-started")
     killed_at = time.monotonic()
     # Its requests end as for any lost server: never silently re-run.
     for response in client.get_command_response([running, queued], block=True, timeout=WAIT):
