@@ -103,7 +103,10 @@ class _Message:
 class _Server:
     """What the dispatcher knows about one server."""
 
-    __slots__ = ("info", "view", "in_flight", "waiting", "lost", "timed_out", "silent_since", "head_since", "replaced", "untold")
+    __slots__ = (
+        "info", "view", "in_flight", "waiting", "lost", "timed_out", "silent_since", "head_since", "replaced", "untold",
+        "replacing",
+    )
 
     def __init__(self, info: ServerInfo, view: Any) -> None:
         self.info = info
@@ -116,6 +119,7 @@ class _Server:
         self.head_since: float | None = None  # when the oldest message in flight became the head
         self.replaced: str | None = None  # "server N was replaced at ...", for a replacement
         self.untold: str | None = None  # that note, until the first response from here carries it
+        self.replacing = False  # lost, and a replacement is starting for its server ID
 
     @property
     def usable(self) -> bool:
@@ -129,6 +133,8 @@ class _Server:
         i = self.info
         return f"server {i.server} (host {i.host}, pid {i.pid})"
 
+
+_REPLACING = "; a replacement is starting"  # the end of a lost server's reason while one starts
 
 #: Seconds a gang member may go on after its gang ended (its master finished, or a member
 #: was lost) before it is interrupted, and again before its process is killed.
@@ -355,16 +361,21 @@ class Dispatcher:
         self._lost_with.update(dict.fromkeys(ended, server.info))
         server.in_flight.clear()
         server.head_since = None
-        if start_replacement(self, server):
-            server.lost += "; a replacement is starting"
-            self._assign()  # held requests wait for the replacement or go to the others
-        elif all(s.lost for s in self._servers.values()):
-            for request in self._holding:
-                request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
-            self._notify([r.id for r in self._holding])
-            self._holding.clear()
-        else:
-            self._assign()
+        server.replacing = start_replacement(self, server)
+        if server.replacing:
+            server.lost += _REPLACING
+        if not self._fail_holding_if_none_left():
+            self._assign()  # held requests wait for a replacement or go to the others
+
+    def _fail_holding_if_none_left(self) -> bool:
+        """Answer the held requests if every server is lost for good (none being replaced); True if so."""
+        if not all(s.lost and not s.replacing for s in self._servers.values()):
+            return False
+        for request in self._holding:
+            request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
+        self._notify([r.id for r in self._holding])
+        self._holding.clear()
+        return True
 
     def take_replacement(self, server_id: int, note: str) -> bool:
         """Put the engine now mapped to ``server_id`` in place of the lost one (see replacement.py).
@@ -388,12 +399,9 @@ class Dispatcher:
         """Say in the lost server's reason that it will not be replaced, and why."""
         with self._lock:
             server = self._servers[server_id]
-            server.lost = server.lost.replace("; a replacement is starting", "") + f"; not replaced: {why}"
-            if all(s.lost and "a replacement is starting" not in s.lost for s in self._servers.values()):
-                for request in self._holding:
-                    request.record_failure(TIMEOUT, "Timeout: every server was lost before this request could run")
-                self._notify([r.id for r in self._holding])
-                self._holding.clear()
+            server.replacing = False
+            server.lost = server.lost.removesuffix(_REPLACING) + f"; not replaced: {why}"
+            self._fail_holding_if_none_left()
 
     @property
     def closed(self) -> bool:

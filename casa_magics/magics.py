@@ -301,23 +301,20 @@ class CasaMagics(Magics):
         for name in ("partition", "time", "account", "sbatch_arg"):
             if getattr(args, name) is not None and not args.slurm:
                 raise UsageError(f"--{name.replace('_', '-')} applies only to %casa_cluster start --slurm")
-        if args.slurm and args.action != "start":
-            raise UsageError(f"--slurm does not apply to %casa_cluster {args.action}")
-        if args.controller_ip is not None and args.action != "start":
-            raise UsageError(f"--controller-ip does not apply to %casa_cluster {args.action}")
         allowed = {
-            "start": {"n", "timeout", "memory_limit", "replace", "keep"},
-            "connect": {"n", "timeout", "profile", "cluster_id", "connection_file"},
+            "start": {"slurm", "controller_ip", "n", "timeout", "memory_limit", "replace", "keep", "casampi"},
+            "connect": {"n", "timeout", "profile", "cluster_id", "connection_file", "casampi"},
             "stop": set(),
             "status": set(),
             "list": set(),
         }[args.action]
-        for name in ("n", "timeout", "profile", "cluster_id", "connection_file", "memory_limit", "replace", "keep"):
-            if getattr(args, name) is not None and name not in allowed:
+        for name in ("slurm", "controller_ip", "n", "timeout", "profile", "cluster_id", "connection_file",
+                     "memory_limit", "replace", "keep", "casampi"):
+            value = getattr(args, name)
+            given = bool(value) if name in ("slurm", "casampi") else value is not None  # two plain flags
+            if given and name not in allowed:
                 option = "-n" if name == "n" else "--" + name.replace("_", "-")
                 raise UsageError(f"{option} does not apply to %casa_cluster {args.action}")
-        if args.casampi and args.action not in ("start", "connect"):
-            raise UsageError(f"--casampi does not apply to %casa_cluster {args.action}")
         with _usage_errors():
             if args.action in ("start", "connect"):
                 load_settings()  # a bad CASA_MAGICS_* value is named before anything starts

@@ -102,7 +102,11 @@ class ServerMap:
         for engine, identity in sorted(identities.items()):
             server = identity["rank"] + 1 if self.mpi else engine + 1
             servers[server] = ServerInfo(server, engine, identity.get("rank"), identity["host"], identity["pid"])
-        self._servers = dict(sorted(servers.items()))
+        self._index(servers.values())
+
+    def _index(self, infos: Any) -> None:
+        """Hold ``infos`` by server ID (in increasing order) and by engine ID."""
+        self._servers = {info.server: info for info in sorted(infos, key=lambda info: info.server)}
         self._by_engine = {info.engine: info for info in self._servers.values()}
 
     @classmethod
@@ -110,8 +114,7 @@ class ServerMap:
         """A map of known servers, e.g. a detached cluster's as recorded when it started."""
         self = cls.__new__(cls)
         self.mpi = mpi
-        self._servers = {info.server: info for info in sorted(infos, key=lambda info: info.server)}
-        self._by_engine = {info.engine: info for info in self._servers.values()}
+        self._index(infos)
         return self
 
     def __len__(self) -> int:
@@ -157,11 +160,8 @@ class ServerMap:
         The server ID is given, not read from the rank: the replacement is
         rank 0 of its own MPI world.
         """
-        old = self._servers[server]
         info = ServerInfo(server, engine, identity.get("rank"), identity["host"], identity["pid"], replaced=True)
-        self._servers[server] = info
-        self._by_engine.pop(old.engine, None)
-        self._by_engine[engine] = info
+        self._index([*(i for i in self._servers.values() if i.server != server), info])
         return info
 
     def parse_targets(self, target_server: Any) -> list[int] | None:
