@@ -733,6 +733,11 @@ class Dispatcher:
         request); a sent one that has not started is skipped by its server.
         Either way its response gets status ``'cancelled'``.
 
+        A gang's worker is never interrupted on its own: once its master
+        asked for it, it is inside CASA's C++ MPI, and only the master can
+        let it go. Cancelling it cancels its master instead, whose task then
+        releases (or sends home) every worker.
+
         Returns ``{request_id: what happened}``.
 
         Raises
@@ -742,7 +747,7 @@ class Dispatcher:
             is cancelled then).
         """
         with self._lock:
-            requests = self._known(request_ids)
+            requests, outcome = self._masters_for_workers(self._known(request_ids))
             for request in requests:
                 if request.status not in (HOLDING,) and not request.finished:
                     server = self._servers[request.server]
@@ -751,7 +756,6 @@ class Dispatcher:
                             f"cannot cancel request {request.id}: it was already sent to {server.describe()}, "
                             "which does not share this host"
                         )
-            outcome: dict[int, str] = {}
             for request in requests:
                 if request.finished:
                     outcome[request.id] = f"already finished ({request.status})"
@@ -771,6 +775,20 @@ class Dispatcher:
                     else:
                         outcome[request.id] = "will be skipped by its server"
             return outcome
+
+    def _masters_for_workers(self, requests: list[Request]) -> tuple[list[Request], dict[int, str]]:
+        """``requests`` with each unfinished gang worker replaced by its gang's master, and what that means."""
+        chosen: list[Request] = []
+        outcome: dict[int, str] = {}
+        for request in requests:
+            gang = self._gangs.get(request.gang.gang_id) if request.gang and request.gang.role == WORKER else None
+            if gang is not None and not request.finished:
+                master = gang.requests[0]
+                outcome[request.id] = f"ends when its gang's master (request {master.id}) lets it go"
+                request = master
+            if request not in chosen:
+                chosen.append(request)
+        return chosen, outcome
 
     # ---------------------------------------------------------------- closing
     def close(self, why: str = "stop_services() was called") -> list[int]:

@@ -52,6 +52,7 @@ __all__ = [
     "wrap_task_implementations",
     "AfterImport",
     "in_gang",
+    "hold_interrupt",
     "SINGLE_SERVER_CUBE_ERROR",
 ]
 
@@ -87,6 +88,17 @@ class GangTicket(NamedTuple):
 
 
 _current: GangTicket | None = None
+_in_cpp_mpi = False  # a worker between the master's "go" and its release
+_held_interrupt: int | None = None  # the request an interrupt came for meanwhile
+
+
+def hold_interrupt(request: int) -> bool:
+    """Keep an interrupt for ``request`` until this worker is out of CASA's C++ MPI; True if kept."""
+    global _held_interrupt
+    if _in_cpp_mpi:
+        _held_interrupt = request
+        return True
+    return False
 
 
 def in_gang() -> bool:
@@ -301,16 +313,26 @@ def serve_as_worker(ticket: GangTicket) -> dict[str, Any]:
         ``waited``/``worked``: seconds spent waiting for the master's word
         and inside ``initmpi()``.
     """
+    global _in_cpp_mpi, _held_interrupt
     start = time.time()
     what = _wait_for_master(ticket)
     joined = what == _GO
     begun = time.time()
     if joined:
-        from casatools import synthesisimager
+        # From "go" on, this worker must reach initmpi() and stay until released, or the master
+        # waits for it forever and its release stays queued for the next gang: an interrupt waits.
+        _in_cpp_mpi = True
+        try:
+            from casatools import synthesisimager
 
-        imager = synthesisimager()
-        imager.initmpi()  # returns when the master's releasempi() lets the workers go
-        imager.done()
+            imager = synthesisimager()
+            imager.initmpi()  # returns when the master's releasempi() lets the workers go
+            imager.done()
+        finally:
+            _in_cpp_mpi = False
+        if _held_interrupt is not None:
+            request, _held_interrupt = _held_interrupt, None
+            raise KeyboardInterrupt(f"request {request} was cancelled by the client")
     return {"gang": ticket.gang_id, "role": WORKER, "rank": _world().Get_rank(), "joined": joined,
             "waited": round(begun - start, 3), "worked": round(time.time() - begun, 3)}
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
-from .gang_server import MASTER, WORKER, GangTicket, guard_when_imported, master_context, serve_as_worker
+from .gang_server import (
+    MASTER,
+    WORKER,
+    GangTicket,
+    guard_when_imported,
+    hold_interrupt,
+    master_context,
+    serve_as_worker,
+)
 from .memory import take_memory_interrupt
 
 __all__ = ["WireRequest", "run_requests", "start_casa_import", "join_casa_import", "casa_import_state_path", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
@@ -245,6 +253,8 @@ def _interrupt_if_meant(_signum: int, _frame: Any) -> None:
     if board is not None and board.interrupt and board.interrupt == board.running:
         cancelled = board.running
         board.interrupt = 0
+        if hold_interrupt(cancelled):  # a gang worker inside CASA's C++ MPI: raised once it is out
+            return
         # The memory watcher's reason if it ended the request. No local name holds the
         # exception: its traceback would keep the request's frames (and memory) alive.
         raise take_memory_interrupt(cancelled) or KeyboardInterrupt(f"request {cancelled} was cancelled by the client")
