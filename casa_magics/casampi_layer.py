@@ -16,8 +16,6 @@ module-level ``try: from casampi ...`` blocks), so they see the layer too.
 from __future__ import annotations
 
 import ast
-import importlib.machinery
-import importlib.util
 import sys
 import threading
 import types
@@ -27,6 +25,14 @@ from typing import Any
 
 from . import session as _session
 from .casa_env import prepare_client_process
+from .casampi_standin import (
+    STANDIN_MARK,
+    build_casampi_modules,
+    install_casampi_modules,
+    real_casampi,
+    remove_casampi_modules,
+    standin_installed,
+)
 from .client import MPICommandClient
 from .environment import MPIEnvironment, process_role
 from .gang import route_when_imported
@@ -35,15 +41,6 @@ from .server_side import provide_casampi_namespace
 
 __all__ = ["enable_casampi", "disable_casampi", "casampi_enabled"]
 
-_MARK = "__casa_magics_layer__"
-_MODULE_DOCS = {
-    "casampi": "casa_magics' casampi layer (see casa_magics.enable_casampi).",
-    "casampi.MPIEnvironment": "casa_magics' MPIEnvironment, as casampi's.",
-    "casampi.MPICommandClient": "casa_magics' MPICommandClient, as casampi's.",
-    "casampi.MPIInterface": "casa_magics' MPIInterface, as casampi's.",
-    "casampi.private": "casa_magics' casampi layer: nothing private here.",
-    "casampi.private.start_mpi": "Imported by casatasks; casa_magics' servers need no start-up here.",
-}
 _EXPORTS = {
     "casampi.MPIEnvironment": {"MPIEnvironment": MPIEnvironment},
     "casampi.MPICommandClient": {"MPICommandClient": MPICommandClient},
@@ -58,34 +55,7 @@ _ABSENT = object()
 
 def casampi_enabled() -> bool:
     """True when ``import casampi`` gives casa_magics' layer in this process."""
-    return getattr(sys.modules.get("casampi"), _MARK, False)
-
-
-def _real_casampi() -> str | None:
-    """Where a real casampi lives, if one is imported or importable; None otherwise."""
-    module = sys.modules.get("casampi")
-    if module is not None:
-        return None if getattr(module, _MARK, False) else str(getattr(module, "__file__", None) or module)
-    spec = importlib.util.find_spec("casampi")
-    return None if spec is None else str(spec.origin or spec.submodule_search_locations)
-
-
-def _register_modules() -> None:
-    modules = {}
-    for name, doc in _MODULE_DOCS.items():
-        module = types.ModuleType(name, doc)
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name in ("casampi", "casampi.private"))
-        if name in ("casampi", "casampi.private"):
-            module.__path__ = []
-        setattr(module, _MARK, True)
-        for attribute, value in _EXPORTS.get(name, {}).items():
-            setattr(module, attribute, value)
-        modules[name] = module
-    for name, module in modules.items():
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(modules[parent], child, module)
-    sys.modules.update(modules)
+    return process_role() == "client" and standin_installed()
 
 
 def _casampi_detection_blocks(module: types.ModuleType) -> list[ast.Try]:
@@ -166,7 +136,7 @@ def _forget_layer_in_casatasks() -> list[str]:
                 pass
             for bound in _bound_names(block):
                 value = namespace.get(bound)
-                if id(value) in layer or getattr(value, _MARK, False):
+                if id(value) in layer or getattr(value, STANDIN_MARK, False):
                     del namespace[bound]
         done.append(name)
     return done
@@ -223,7 +193,7 @@ def enable_casampi() -> bool:
     with _lock:
         if casampi_enabled():
             return True
-        real = _real_casampi()
+        real = real_casampi()
         if real is not None:
             warnings.warn(
                 f"a real casampi is installed ({real}): casa_magics leaves it in charge and does not enable its layer",
@@ -232,7 +202,7 @@ def enable_casampi() -> bool:
             )
             return False
         prepare_client_process(_session.default_run_dir())
-        _register_modules()
+        install_casampi_modules(build_casampi_modules(_EXPORTS, "(in the client)"))
         try:
             _redetect_in_loaded_casatasks()
         except ImportError:
@@ -263,8 +233,7 @@ def disable_casampi() -> None:
                     namespace[attribute] = value
         prompt_imager_job_checks(False)
         route_when_imported(False)
-        for name in _MODULE_DOCS:
-            sys.modules.pop(name, None)
+        remove_casampi_modules()
         _forget_layer_in_casatasks()
         _rebound.clear()
         _session.remove_server_setup(_provide_namespace)

@@ -23,8 +23,9 @@ This works only when casatools' C++ shares the servers' MPI world (see
 then reuses it.
 
 In a world of more than one process, a cube ``tclean`` run on one server
-outside a gang waits for workers that never come. :func:`guard_cpp_mpi_tasks`
-makes such a call fail at once with one clear line instead.
+outside a gang would wait for workers that never come.
+:func:`guard_cpp_mpi_tasks` makes such a call run serially instead, in a
+child process of the server that is no MPI rank.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import sys
 import time
 import types
 from typing import Any, Iterator, NamedTuple
+
+from .casampi_standin import build_casampi_modules, install_casampi_modules, remove_casampi_modules
 
 __all__ = [
     "GangTicket",
@@ -53,7 +56,6 @@ __all__ = [
     "AfterImport",
     "in_gang",
     "hold_interrupt",
-    "SINGLE_SERVER_CUBE_ERROR",
 ]
 
 #: MPI tag of the master's "go"/"skip" message (CASA's C++ uses small tags).
@@ -69,11 +71,6 @@ CPP_MPI_TASKS = {
     "sdintimaging": ("casatasks.sdintimaging", "_sdintimaging_t", "casatasks.private.task_sdintimaging"),
 }
 
-SINGLE_SERVER_CUBE_ERROR = (
-    "casa_magics: {task} with {what} would wait forever on this server: the servers share one MPI world, "
-    "so CASA's C++ needs all of them as a gang; call it in the client with casampi enabled, "
-    "or push it with %casa_push --gang / client.push_gang_request()"
-)
 
 
 class GangTicket(NamedTuple):
@@ -142,16 +139,14 @@ def world_report() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ master
 class _GangEnvironment:
-    """casampi's ``MPIEnvironment`` as the master's task sees it during a gang."""
+    """casampi's ``MPIEnvironment`` as the master's task sees it during a gang: the C++ job's rank 0."""
 
     is_mpi_enabled = True
     is_mpi_client = True
     mpi_client_rank = 0
+    mpi_processor_rank = 0
+    mpi_execution_role = "MPIClient"
     command_handling_log_level = "NORMAL"
-
-    @staticmethod
-    def mpi_processor_rank() -> int:
-        return 0
 
 
 def is_cpp_worker_start(command: Any) -> bool:
@@ -228,8 +223,8 @@ def _noting_releases(starter: _WorkerStarter) -> Iterator[None]:
         synthesisimager.releasempi = release
 
 
-def _interface_module(core: _GangCore) -> types.ModuleType:
-    module = types.ModuleType("casampi.MPIInterface", "casa_magics: casampi's MPIInterface for a gang's master")
+def _master_interface(core: _GangCore) -> type:
+    """casampi's ``MPIInterface`` for a gang's master: its cluster is the gang."""
 
     class MPIInterface:
         _cluster = core
@@ -238,8 +233,7 @@ def _interface_module(core: _GangCore) -> types.ModuleType:
         def getCluster() -> "MPIInterface":
             return MPIInterface()
 
-    module.MPIInterface = MPIInterface
-    return module
+    return MPIInterface
 
 
 @contextlib.contextmanager
@@ -255,17 +249,18 @@ def master_context(ticket: GangTicket) -> Iterator[None]:
     if comm.Get_rank() != 0:
         raise RuntimeError(f"a gang's master must be MPI rank 0; this server is rank {comm.Get_rank()}")
     starter = _WorkerStarter(ticket)
-    core = _GangCore(starter)
-    interface = _interface_module(core)
-    environment = types.ModuleType("casampi.MPIEnvironment")
-    environment.MPIEnvironment = _GangEnvironment
-    casampi = types.ModuleType("casampi", "casa_magics: casampi as a gang's master sees it")
-    casampi.__path__ = []
-    casampi.MPIEnvironment, casampi.MPIInterface = environment, interface
-    added = {"casampi": casampi, "casampi.MPIEnvironment": environment, "casampi.MPIInterface": interface}
-    added = {name: module for name, module in added.items() if name not in sys.modules}
+    interface_class = _master_interface(_GangCore(starter))
+    modules = build_casampi_modules(
+        {
+            "casampi.MPIEnvironment": {"MPIEnvironment": _GangEnvironment},
+            "casampi.MPIInterface": {"MPIInterface": interface_class},
+        },
+        "(a gang's master)",
+    )
+    interface = modules["casampi.MPIInterface"]
     patched: list[tuple[types.ModuleType, str, Any]] = []
     missing = object()
+    replaced = None
     try:
         for _wrapper, _name, private in CPP_MPI_TASKS.values():
             __import__(private)
@@ -273,14 +268,14 @@ def master_context(ticket: GangTicket) -> Iterator[None]:
             for name, value in (("mpi_available", True), ("MPIEnvironment", _GangEnvironment), ("MPIInterface", interface)):
                 patched.append((task_module, name, getattr(task_module, name, missing)))
                 setattr(task_module, name, value)
-        sys.modules.update(added)
+        replaced = install_casampi_modules(modules)
         _current = ticket
         with _noting_releases(starter):
             yield
     finally:
         _current = None
-        for name in added:
-            sys.modules.pop(name, None)
+        if replaced is not None:
+            remove_casampi_modules(replaced)
         for task_module, name, value in reversed(patched):
             if value is missing:
                 delattr(task_module, name)
@@ -365,25 +360,48 @@ def _would_join_mpi(task: str, arguments: dict[str, Any]) -> str | None:
     return "its cube imaging"  # sdintimaging always joins
 
 
-def _guarded(task: str, implementation: Any) -> Any:
+def _shares_a_multi_rank_world() -> bool:
+    """True when casatools' C++ here is one rank of the servers' MPI world of more than one process."""
+    return _world().Get_size() > 1 and len(_mapped_mpi_libraries()) == 1
+
+
+def _serially_on_this_server(task: str, implementation: Any) -> Any:
+    """``implementation`` as a server runs it outside a gang: serially, never as a cluster's client.
+
+    A casampi server's ``MPIEnvironment`` says MPI is enabled, and casatasks
+    would then reach for a cluster of its own (``MPIInterface``) and C++
+    workers. Here the task sees a serial CASA session instead
+    (:func:`~casa_magics.environment.serial_view`), ``tclean`` runs with
+    ``parallel=False``, and a call that would join CASA's C++ MPI while
+    the C++ shares the servers' world runs in a serial child process
+    (:mod:`casa_magics.serial_task`), where it cannot wait for workers.
+    """
+    from .environment import serial_view
+
     signature = inspect.signature(implementation)
+    target = inspect.unwrap(implementation)
 
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if not in_gang() and _world().Get_size() > 1 and len(_mapped_mpi_libraries()) == 1:
-            try:
-                arguments = signature.bind(*args, **kwargs).arguments
-            except TypeError:
-                arguments = kwargs
-            what = _would_join_mpi(task, arguments)
-            if what is not None:
-                raise RuntimeError(SINGLE_SERVER_CUBE_ERROR.format(task=task, what=what))
-        return implementation(*args, **kwargs)
+    def run_serially(*args: Any, **kwargs: Any) -> Any:
+        if in_gang():
+            return implementation(*args, **kwargs)
+        try:
+            arguments = dict(signature.bind(*args, **kwargs).arguments)
+        except TypeError:  # let the task report its own argument error
+            return implementation(*args, **kwargs)
+        if arguments.get("parallel"):
+            arguments["parallel"] = False
+        if _would_join_mpi(task, arguments) is not None and _shares_a_multi_rank_world():
+            from .serial_task import run_in_child
 
-    return guarded
+            return run_in_child(target.__module__, target.__name__, arguments)
+        with serial_view():
+            return implementation(**arguments)
+
+    return run_serially
 
 
 def guard_cpp_mpi_tasks() -> list[str]:
-    """Make a C++-MPI task outside a gang fail at once instead of waiting forever.
+    """Make a C++-MPI task outside a gang run serially on this server instead of waiting forever.
 
     Wraps the implementations casatasks' task wrappers call (``_tclean_t``,
     ...) in the modules already imported. Calling it again changes nothing.
@@ -393,7 +411,7 @@ def guard_cpp_mpi_tasks() -> list[str]:
     list of str
         The tasks guarded by this call.
     """
-    return wrap_task_implementations(_guarded, "__casa_magics_guard__")
+    return wrap_task_implementations(_serially_on_this_server, "__casa_magics_guard__")
 
 
 def wrap_task_implementations(wrap: Any, mark: str) -> list[str]:

@@ -98,6 +98,10 @@ class ServerMap:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        #: The servers' MPI library as :func:`~casa_magics.environment.mpi_library_report` gives it (None: unknown).
+        self.library: dict[str, Any] | None = next(
+            (identity["library"] for identity in identities.values() if identity.get("library")), None
+        )
         servers = {}
         for engine, identity in sorted(identities.items()):
             server = identity["rank"] + 1 if self.mpi else engine + 1
@@ -114,6 +118,7 @@ class ServerMap:
         """A map of known servers, e.g. a detached cluster's as recorded when it started."""
         self = cls.__new__(cls)
         self.mpi = mpi
+        self.library = None
         self._index(infos)
         return self
 

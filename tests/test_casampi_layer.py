@@ -156,10 +156,10 @@ def test_a_real_casampi_is_left_in_charge(tmp_path):
 
 
 # ------------------------------------------------------------- the servers
-def test_servers_see_mpi_disabled_and_refuse_to_be_clients(casampi, client):
-    check = "(__import__('casa_magics').MPIEnvironment.is_mpi_enabled, __import__('casa_magics').MPIEnvironment.is_mpi_client)"
+def test_servers_are_casampi_servers_and_refuse_to_be_clients(casampi, client):
+    check = "(__import__('casampi').MPIEnvironment.MPIEnvironment.is_mpi_enabled, __import__('casa_magics').MPIEnvironment.is_mpi_client)"
     responses = client.push_command_request(check, True, SERVERS)
-    assert [r["ret"] for r in responses] == [(False, False), (False, False)]
+    assert [r["ret"] for r in responses] == [(True, False), (True, False)]
     (refused,) = client.push_command_request("__import__('casa_magics').enable_casampi()", True, 1)
     assert refused["successful"] is False
     assert (
