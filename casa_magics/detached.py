@@ -412,6 +412,7 @@ def previous_requests(
     from ipyparallel.serialize import deserialize_object
 
     from .cancel_board import CancelBoard, board_path
+    from .requests import read_outcome
 
     client = session.client
     engines = {uuid: engine for engine, uuid in client._engines.items()}
@@ -445,8 +446,8 @@ def previous_requests(
                 if outcome is None:
                     row["state"] = "lost with its server"
                 else:
-                    row.update(state="finished", successful=outcome["successful"], ret=outcome["ret"],
-                               traceback=outcome["traceback"])
+                    successful, ret, _parameters, traceback = read_outcome(outcome, None, request.id, server)
+                    row.update(state="finished", successful=successful, ret=ret, traceback=traceback)
             elif not running:
                 row["state"] = "queued"
             elif request.id == running:

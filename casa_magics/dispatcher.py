@@ -41,10 +41,10 @@ from .commands import CompiledCommand
 from .logs import server_log_path
 from .errors import CommandRequestError
 from .run_dir import keep_run_dir
-from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request
+from .requests import CANCELLED, HOLDING, RECEIVED, SENT, TIMEOUT, Request, pack_parameters
 from .gang_server import MASTER, WORKER, GangTicket
 from .server_map import GONE, STOPPED, ServerInfo
-from .server_side import request_runner
+from .server_side import request_runner, why_one_line
 from .memory import available_memory, memory_figures
 from .replacement import start_replacement
 from .waiting import wait_interactive
@@ -193,7 +193,10 @@ class Dispatcher:
         """Create requests (one per target, or one for any server) and send what can go now.
 
         With ``cwd``, each request runs in that directory on its server.
+        A parameter that cannot be pickled raises :class:`CommandRequestError`
+        naming it (nothing is sent).
         """
+        packed = pack_parameters(parameters)  # once for every target, and not under the lock
         with self._lock:
             if self._closed.is_set():
                 raise CommandRequestError("the client's services are stopped: call start_services() first")
@@ -204,7 +207,7 @@ class Dispatcher:
                 self._refuse_unusable(targets)
             created = []
             for target in targets or [None]:
-                request = Request(next(self._ids), compiled, parameters, target, cwd)
+                request = Request(next(self._ids), compiled, parameters, target, cwd, packed)
                 self._requests[request.id] = request
                 created.append(request)
                 if target is None:
@@ -312,8 +315,11 @@ class Dispatcher:
                     self._settled.discard(request.id)
                     finished.append(request.id)
                     continue
-                request.record_outcome(outcome)
-                if outcome.get("cancelled") or (request.id in self._cancel_asked and not outcome["successful"]):
+                try:
+                    request.record_outcome(outcome)  # each request's value is read on its own
+                except Exception as error:  # a malformed outcome fails its own request only
+                    request.record_failure(RECEIVED, f"the server's answer could not be read: {why_one_line(error)}")
+                if outcome.get("cancelled") or (request.id in self._cancel_asked and not request.successful):
                     request.status = CANCELLED
                 self._cancel_asked.discard(request.id)
                 self._learn_duration(outcome)
@@ -472,6 +478,7 @@ class Dispatcher:
         server runs :func:`~casa_magics.gang_server.serve_as_worker`).
         Returns the request IDs, the master's first.
         """
+        packed = pack_parameters(parameters)
         with self._lock:
             if self._closed.is_set():
                 raise CommandRequestError("the client's services are stopped: call start_services() first")
@@ -481,7 +488,10 @@ class Dispatcher:
             requests = []
             for server_id in members:
                 master = server_id == members[0]
-                request = Request(next(self._ids), compiled if master else worker, parameters if master else None, server_id, cwd)
+                request = Request(
+                    next(self._ids), compiled if master else worker, parameters if master else None, server_id, cwd,
+                    packed if master else None,
+                )
                 request.gang = GangTicket(gang_id, MASTER if master else WORKER, len(members))
                 self._requests[request.id] = request
                 requests.append(request)

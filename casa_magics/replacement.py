@@ -149,6 +149,8 @@ class Replacer:
             known = set(client.ids) | {info.engine for info in session.servers}
             engine_set_id = session.cluster.start_engines_sync(1, **kwargs)
             engine_set = session.cluster.engines[engine_set_id]
+            if getattr(session, "reaper", None) is not None:  # ended with the cluster if this process dies
+                session.reaper.watch(getattr(getattr(engine_set, "process", None), "pid", None))
             ended, codes = threading.Event(), []
             threading.Thread(
                 target=_wait_then_set, args=(engine_set, ended, codes), name="casa-magics-replace-watch", daemon=True

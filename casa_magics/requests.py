@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .commands import CompiledCommand
+from .errors import CommandRequestError
 from .gang_server import GangTicket
-from .server_side import WireRequest
+from .server_side import WireRequest, pack_value, type_name, unpack_value, why_one_line
 
 __all__ = [
     "Request",
@@ -22,6 +23,8 @@ __all__ = [
     "CANCELLED",
     "FINISHED_STATUSES",
     "RESPONSE_KEYS",
+    "pack_parameters",
+    "read_outcome",
 ]
 
 HOLDING = "holding queue"
@@ -54,6 +57,73 @@ RESPONSE_KEYS = (
 )
 
 
+def pack_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parameters of a push as they travel (see :func:`~casa_magics.server_side.pack_value`).
+
+    Done once per push, whatever the number of target servers.
+
+    Raises
+    ------
+    CommandRequestError
+        Naming the first parameter that cannot be pickled, and its type.
+    """
+    if parameters is None:
+        return None
+    packed = {}
+    for name, value in parameters.items():
+        try:
+            packed[name] = pack_value(value)
+        except Exception as error:
+            raise CommandRequestError(
+                f"parameter {name!r} ({type_name(value)}) cannot be sent to the servers: {why_one_line(error)}"
+            ) from None
+    return packed
+
+
+def read_outcome(
+    outcome: dict[str, Any],
+    parameters: dict[str, Any] | None,
+    request_id: int,
+    server: int | None,
+    packed: dict[str, Any] | None = None,
+) -> tuple[bool, Any, dict[str, Any] | None, str | None]:
+    """A server's outcome of one request, read: ``(successful, ret, parameters, traceback)``.
+
+    The value and the parameters the server sent back (packed by
+    :func:`~casa_magics.server_side.pack_value`) are unpickled here, each
+    on its own: one that cannot be read here fails this request only, with
+    a one-line traceback naming it and its type. ``parameters`` are the
+    client's, which the server's copies replace (the server sends back no
+    value of a plain type: no command can change those); ``packed`` are
+    the parameters as sent, from which one the server found unchanged is
+    read (a copy, as the server's would be).
+    """
+    successful, traceback = outcome["successful"], outcome["traceback"]
+    unreadable = []
+    whence = f" from server {server} cannot be unpickled in the client"
+    back = outcome.get("parameters")
+    if back:
+        parameters = dict(parameters or {})
+        for name, value in back.items():
+            try:
+                sent = (packed or {}).get(name)
+                if value[1] is None and sent is None:
+                    continue  # unchanged, and what was sent is not known here (an earlier client's request)
+                parameters[name] = unpack_value(value, sent)
+            except Exception as error:
+                unreadable.append(f"parameter {name!r} ({value[0]}){whence}: {why_one_line(error, 200)}")
+    value = outcome["ret"]
+    try:
+        ret = unpack_value(value)
+    except Exception as error:
+        ret = None
+        unreadable.insert(0, f"the value of request {request_id} ({value[0]}){whence}: {why_one_line(error, 200)}")
+    if unreadable:
+        successful, ret = False, None
+        traceback = (traceback or "") + "TypeError: " + "; ".join(unreadable)
+    return successful, ret, parameters, traceback
+
+
 class Request:
     """State of one command request, from push to response."""
 
@@ -73,6 +143,7 @@ class Request:
         "stdout",
         "stderr",
         "gang",
+        "packed",
     )
 
     def __init__(
@@ -82,6 +153,7 @@ class Request:
         parameters: dict | None,
         target: int | None,
         cwd: str | None = None,
+        packed: dict | None = None,
     ) -> None:
         self.id = request_id
         self.compiled = compiled
@@ -98,6 +170,8 @@ class Request:
         self.stdout = ""
         self.stderr = ""
         self.gang: GangTicket | None = None
+        #: The parameters as sent (see pack_parameters), until the request is answered.
+        self.packed = packed
 
     @property
     def finished(self) -> bool:
@@ -106,18 +180,20 @@ class Request:
     def wire(self) -> WireRequest:
         """This request as sent to a server (see :class:`~casa_magics.server_side.WireRequest`)."""
         c = self.compiled
-        return WireRequest(self.id, c.source, c.mode, c.callee, self.parameters, self.cwd, self.gang)
+        packed = self.packed if self.packed is not None else pack_parameters(self.parameters)
+        return WireRequest(self.id, c.source, c.mode, c.callee, packed, self.cwd, self.gang)
 
     def record_outcome(self, outcome: dict[str, Any]) -> None:
-        """Store what the server sent back."""
+        """Store what the server sent back (see :func:`read_outcome`)."""
         self.status = RECEIVED
-        self.successful = outcome["successful"]
-        self.ret = outcome["ret"]
-        self.traceback = outcome["traceback"]
+        self.successful, self.ret, self.parameters, self.traceback = read_outcome(
+            outcome, self.parameters, self.id, self.server, self.packed
+        )
         self.start = outcome["command_start_time"]
         self.stop = outcome["command_stop_time"]
         self.stdout = outcome["stdout"]
         self.stderr = outcome["stderr"]
+        self.packed = None
 
     def record_failure(self, status: str, message: str) -> None:
         """End the request without a server's answer (timeout, cancel, lost server)."""
@@ -125,6 +201,8 @@ class Request:
         self.successful = False
         self.ret = None
         self.traceback = message
+        if status != TIMEOUT:  # a timed-out request's real answer may still come, and read what was sent
+            self.packed = None
 
     def response(self, engine: int | None = None, host: str | None = None, pid: int | None = None) -> dict[str, Any]:
         """The casampi-style response dict (a new dict each call)."""

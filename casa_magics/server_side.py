@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .cancel_board import CancelBoard, board_path
+from .casampi_standin import install_server_casampi
+from .environment import SERVER_COUNT_VARIABLE, SERVER_ROLE, mpi_library_report
 from .gang_server import (
     MASTER,
     WORKER,
@@ -43,8 +45,6 @@ _board: CancelBoard | None = None  # set by prepare_engine
 #: (once CASA is imported there); None notes nothing. See set_command_log_level.
 _command_log_level: str | None = None
 
-#: The value of ``CASA_MAGICS_ROLE`` in a server's environment, set when it is launched.
-SERVER_ROLE = "server"
 
 
 class WireRequest(NamedTuple):
@@ -66,7 +66,9 @@ class WireRequest(NamedTuple):
     #: Source of the callable of a bare call like ``"wvrgcal()"``; with
     #: parameters it is called as ``callee(**parameters)``. None otherwise.
     callee: str | None
-    #: Names placed in the namespace for this command only.
+    #: Names placed in the namespace for this command only, each value
+    #: packed by :func:`pack_value` (and unpacked here one by one, so one
+    #: that cannot be read fails only its own request).
     parameters: dict[str, Any] | None
     #: Directory to run the command in (then the server returns to its
     #: own), or None to run wherever the server is.
@@ -102,6 +104,7 @@ def engine_identity() -> dict[str, Any]:
         "size": size,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "library": mpi_library_report(),
     }
 
 
@@ -129,8 +132,89 @@ class _Tee(io.TextIOBase):
         return kept
 
 
-def _discard(_buffer: Any) -> None:
-    """Out-of-band pickle buffers are not copied: only picklability is checked."""
+#: Types whose values travel as they are: ipyparallel pickles them, and any Python unpickles them.
+_PLAIN = frozenset({type(None), bool, int, float, complex, str})
+
+
+def type_name(value: Any) -> str:
+    """``value``'s type for messages: ``list``, ``numpy.ndarray``, ``__main__.Job``."""
+    kind = type(value)
+    module = getattr(kind, "__module__", None)
+    qualname = getattr(kind, "__qualname__", kind.__name__)
+    return qualname if module in (None, "builtins") else f"{module}.{qualname}"
+
+
+def why_one_line(error: BaseException, limit: int = 300) -> str:
+    """``'Type: message'`` of an exception, on one line and at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pack_value(value: Any) -> Any:
+    """``value`` as it travels between client and servers.
+
+    A value of a plain type (None, bool, int, float, complex, str) travels
+    as it is; anything else as ``(type name, pickle)``, pickled here (pickle
+    protocol 5), so that a value one side cannot pickle or the other cannot
+    unpickle fails on its own, with its name, and never the ipyparallel
+    message that carries it with others. Raises what pickling raises.
+    """
+    if type(value) in _PLAIN:
+        return value
+    return type_name(value), pickle.dumps(value, protocol=5)
+
+
+def unpack_value(packed: Any, sent: Any = None) -> Any:
+    """The value :func:`pack_value` packed. Raises what unpickling raises.
+
+    ``(type name, None)`` is a parameter sent back unchanged: it is read
+    from ``sent``, as packed by the side that reads it now.
+    """
+    if type(packed) is tuple:
+        return pickle.loads(packed[1] if packed[1] is not None else sent[1])
+    return packed
+
+
+def _unpack_parameters(packed: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as sent by the client; a TypeError naming the first one that cannot be read here."""
+    parameters = {}
+    for name, value in packed.items():
+        try:
+            parameters[name] = unpack_value(value)
+        except Exception as error:
+            server = os.environ.get("CASA_MAGICS_SERVER_ID", "?")
+            raise TypeError(
+                f"parameter {name!r} ({value[0]}) cannot be unpickled on server {server}: {why_one_line(error)}"
+            ) from None
+    return parameters
+
+
+def _pack_back(parameters: dict[str, Any], packed: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The parameters after a command, to send back, and a line naming those that cannot be pickled.
+
+    The client has the plain ones, which no command can change: they are
+    not sent back. One that pickles as it came (``packed``, as the client
+    sent it) is sent back as ``(type name, None)``: the client reads its
+    copy from what it sent, so an unchanged big parameter does not travel
+    back.
+    """
+    back: dict[str, Any] = {}
+    failed = []
+    for name, value in parameters.items():
+        if type(value) in _PLAIN:
+            continue
+        try:
+            data = pickle.dumps(value, protocol=5)
+        except Exception as error:
+            failed.append(
+                f"parameter {name!r} ({type_name(value)}) cannot be sent back to the client after the command: "
+                f"{why_one_line(error, 200)}"
+            )
+            continue
+        sent = packed.get(name)
+        back[name] = type_name(value), (None if type(sent) is tuple and sent[1] == data else data)
+    return back, ("TypeError: " + "; ".join(failed)) if failed else None
 
 
 def _format_failure(error: BaseException) -> str:
@@ -143,7 +227,7 @@ def _format_failure(error: BaseException) -> str:
 
 
 def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
-    request_id, source, mode, callee, parameters, cwd, gang = request
+    request_id, source, mode, callee, packed, cwd, gang = request
     saved: dict[str, Any] = {}
     missing = object()
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
@@ -151,8 +235,10 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
     outcome: dict[str, Any] = {"id": request_id, "successful": False, "ret": None, "traceback": None}
     start = time.time()
     home = None
+    received: dict[str, Any] | None = None  # the parameters as read here: sent back after the command
     _note_in_casa_log(request)
     try:
+        parameters = received = _unpack_parameters(packed) if packed else None
         if cwd is not None and cwd != os.getcwd() and os.path.isdir(cwd):
             home = os.getcwd()
             os.chdir(cwd)
@@ -173,12 +259,12 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
         else:
             value = _evaluate(source, mode, callee, parameters, namespace)
         try:
-            pickle.dumps(value, protocol=5, buffer_callback=_discard)
+            outcome["ret"] = pack_value(value)
         except Exception as error:
+            shown = repr(source) if len(source) <= 60 else repr(source[:57] + "...")
             raise TypeError(
-                f"the value of {source!r} ({type(value).__name__}) cannot be sent back to the client: {error}"
+                f"the value of {shown} ({type_name(value)}) cannot be sent back to the client: {why_one_line(error)}"
             ) from None
-        outcome["ret"] = value
         outcome["successful"] = True
     except BaseException as error:  # a command's KeyboardInterrupt is its failure too
         outcome["traceback"] = _format_failure(error)
@@ -195,6 +281,14 @@ def _run_one(request: WireRequest, namespace: dict[str, Any]) -> dict[str, Any]:
                 namespace.pop(name, None)
             else:
                 namespace[name] = value
+    if received:  # casampi's response carries the server's parameters, as the command left them
+        back, failed = _pack_back(received, packed)
+        if back:
+            outcome["parameters"] = back
+        if failed:
+            outcome["successful"] = False
+            outcome["ret"] = None
+            outcome["traceback"] = (outcome["traceback"] or "") + failed
     outcome["command_start_time"] = start
     outcome["stdout"] = out.text()
     outcome["stderr"] = err.text()
@@ -304,19 +398,25 @@ def run_requests(requests: list[WireRequest]) -> list[dict[str, Any]]:
 SERVER_ID_NAME = "casa_server_id"
 
 
-def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str]) -> None:
+def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str], server_count: int) -> None:
     """Tell an engine who it is and where to write, before any command runs.
 
     Sets the environment (CASA site config, per-server CASA log file,
-    thread count) unless the user already set a variable, and defines
-    ``casa_server_id`` in the interactive namespace.
+    thread count) unless the user already set a variable, defines
+    ``casa_server_id`` in the interactive namespace, and makes the engine
+    a casampi server: ``import casampi`` works here and its
+    ``MPIEnvironment`` gives this server's rank in a world of
+    ``server_count`` servers and the client (unless a real casampi is
+    installed here).
     """
     for name, value in environment.items():
         os.environ.setdefault(name, value)
     os.environ["CASA_MAGICS_SERVER_ID"] = str(server_id)
+    os.environ[SERVER_COUNT_VARIABLE] = str(server_count)
     os.environ["CASA_MAGICS_RUN_DIR"] = run_dir
     os.environ["CASA_MAGICS_ROLE"] = SERVER_ROLE  # for engines started by hand (ipcluster)
     user_namespace()[SERVER_ID_NAME] = server_id
+    install_server_casampi()
     guard_when_imported()  # a cube tclean outside a gang fails at once instead of waiting forever
     global _board
     try:

@@ -30,8 +30,10 @@ from .config import Settings, load_settings
 from .errors import ClusterError
 from .launcher import find_mpiexec, is_hydra, plan_launch
 from .memory import effective_memory_limit, parse_memory_size, start_memory_watch
+from .orphan_reaper import OrphanReaper
 from .replacement import Replacer
 from . import detached
+from .environment import mpi_library_report
 from .run_dir import default_run_dir, keep_run_dir
 from .slurm import SlurmJob
 from .slurm_launch import place_servers
@@ -296,10 +298,11 @@ class ClusterSession:
         else:
             raise ClusterError(f"cannot start MPI servers: {why_not}")
 
+        cluster_id = f"casa-magics-{uuid.uuid4().hex[:8]}"
         cluster = ipp.Cluster(
             engines=engines,
             n=n,
-            cluster_id=f"casa-magics-{uuid.uuid4().hex[:8]}",
+            cluster_id=cluster_id,
             profile_dir=str(_private_dir(run_dir / "ipython-profile")),
             controller_ip=placement.controller_ip,
             # No task database: the client keeps what it needs, the controller need not.
@@ -313,6 +316,10 @@ class ClusterSession:
         )
         kind = "MPI" if engines == "mpi" else "local"
         what = f"embedded cluster of {n} {kind} server{'s' if n != 1 else ''}"
+        # Ends the cluster if this process dies without stopping it; a kept cluster must outlive it.
+        reaper = None if keep else OrphanReaper(cluster_id)
+        if placement.job is not None:
+            placement.job.reaper = reaper  # and scancels the job
         try:
             if placement.job is not None:
                 client = placement.launch(cluster, n, timeout, plan, environment, run_dir)
@@ -321,6 +328,9 @@ class ClusterSession:
             description = placement.describe(what)
             session = cls._open(client, cluster=cluster, run_dir=run_dir, settings=settings, description=description)
             session.slurm_job = placement.job
+            session.reaper = reaper
+            if reaper is not None:
+                reaper.watch_cluster(cluster, session.servers)
             if (settings.replace_lost if replace_lost is None else replace_lost) and placement.job is None:
                 session.replacer = Replacer(session, engine_kwargs)
             if keep:
@@ -329,6 +339,8 @@ class ClusterSession:
         except BaseException as error:
             placement.cancel()
             cluster.stop_cluster_sync()
+            if reaper is not None:
+                reaper.release()
             if not isinstance(error, KeyboardInterrupt):
                 keep_run_dir(f"the {what} did not start")
             raise
@@ -419,12 +431,24 @@ class ClusterSession:
         run_dir = default_run_dir(settings)
         return cls._open(client, cluster=None, run_dir=run_dir, settings=settings, description=f"cluster at {target}")
 
+    def mpi_library(self) -> dict[str, Any] | None:
+        """The servers' MPI library (version, vendor, thread level), read from a server once.
+
+        Returns None when the servers are not MPI processes.
+        """
+        if self.servers.library is None and self.servers.mpi:
+            first = self.servers.info(self.servers.server_ids[0])
+            self.servers.library = self.client[first.engine].apply_sync(mpi_library_report)
+        return self.servers.library
+
     # ------------------------------------------------------------------ state
     def _prepare_servers(self) -> None:
         """Give every engine its server ID, run directory and CASA set-up, then run the server setups."""
         environment = casa_env.casa_environment(self.run_dir)
         pending = [
-            self.client[info.engine].apply_async(prepare_engine, info.server, str(self.run_dir), environment)
+            self.client[info.engine].apply_async(
+                prepare_engine, info.server, str(self.run_dir), environment, len(self.servers)
+            )
             for info in self.servers
             if getattr(self._only, "servers", None) is None or info.server in self._only.servers
         ]
@@ -516,6 +540,8 @@ class ClusterSession:
 
     #: The Slurm job whose ranks are the servers (``scheduler='slurm'``), else None.
     slurm_job: "SlurmJob | None" = None
+    #: Ends the embedded cluster if this process dies without stopping it (None: kept or connected).
+    reaper: OrphanReaper | None = None
 
     def lost_reason(self, fresh: bool = False) -> str | None:
         """Why every server is gone at once (``"Slurm job 12 ended: CANCELLED"``), or None.
@@ -575,6 +601,8 @@ class ClusterSession:
                 self.slurm_job.cancel()  # whatever the engines did, nothing stays queued or running
             except ClusterError as error:  # say so, but stopping goes on (this also runs at exit)
                 log.warning("%s", error)
+        if self.reaper is not None:
+            self.reaper.release()  # stopped cleanly: nothing left for it to end
         detached.forget(self)  # a detached cluster is stopped for good
 
     def _wait_for_engines_to_exit(self, grace: float) -> None:

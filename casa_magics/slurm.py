@@ -341,6 +341,8 @@ class SlurmJob:
         self._last: JobInfo | None = None
         self._last_time = 0.0
         self._cancelled = False
+        #: Told the job ID, to scancel it if this process dies (see casa_magics.orphan_reaper).
+        self.reaper = None
 
     def submit(self, command: list[str]) -> str:
         """Run ``sbatch`` (``command`` from :func:`sbatch_command`) and keep the job ID."""
@@ -351,6 +353,8 @@ class SlurmJob:
             self.job_id = parse_job_id(done.stdout)
         except ValueError as error:
             raise ClusterError(str(error)) from None
+        if self.reaper is not None:
+            self.reaper.scancel(self.job_id)
         return self.job_id
 
     def info(self, fresh: bool = True) -> JobInfo | None:
