@@ -228,3 +228,55 @@ class MPIInterface:
     def set_log_level(self, log_level: str) -> None:
         """See :meth:`casa_magics.CommandClient.set_log_level`."""
         self._cluster._client.set_log_level(log_level)
+
+    @staticmethod
+    def print_table(table: list[list[str]]) -> None:
+        """Print rows of strings as aligned columns (casampi's helper)."""
+        widths = [max(len(str(row[column])) for row in table) for column in range(len(table[0]))] if table else []
+        for row in table:
+            print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+    def get_status(self) -> list[list[str]]:
+        """Print and return a table of every request: a header row, then one row per request.
+
+        Rows come running first, then held, timed out, answered and
+        cancelled; columns are the request ID, server, host, status,
+        command, elapsed seconds and outcome, as in casampi.
+        """
+        core = self._cluster
+        requests = core.get_command_request_list()
+        responses = core.get_command_response_list()
+        hosts = {server: status["processor"] for server, status in core.get_server_status().items()}
+        table = [["JOB ID", "SERVER", "HOSTNAME", "QUEUE STATUS", "COMMAND", "ELAPSED TIME (s)", "EXECUTION STATUS"]]
+        for status in _STATUS_ORDER:
+            for request_id, request in sorted(requests.items()):
+                if request["status"] == status:
+                    table.append(_status_row(request_id, request, responses.get(request_id), hosts))
+        MPIInterface.print_table(table)
+        return table
+
+
+#: The order of :meth:`MPIInterface.get_status`'s rows: running, held, timed out, answered, cancelled.
+_STATUS_ORDER = ("request sent", "holding queue", "timeout", "response received", "cancelled")
+
+
+def _status_row(request_id: int, request: dict, response: dict | None, hosts: dict[int, str]) -> list[str]:
+    server = request["server"]
+    status = request["status"]
+    start = (response or request).get("command_start_time")
+    stop = (response or request).get("command_stop_time")
+    if status == "holding queue":
+        elapsed, outcome = "N/A", "pending"
+    elif status == "request sent":
+        elapsed, outcome = ("%.2f" % (time.time() - start) if start else "unset"), "pending"
+    elif status in ("timeout", "cancelled"):
+        elapsed, outcome = ("%.2f" % (time.time() - start) if start else "unset"), status
+    else:
+        elapsed = "%.2f" % (stop - start) if start is not None and stop is not None else "unset"
+        if not response or not response["successful"]:
+            outcome = "exception raised"
+        elif isinstance(response["ret"], bool):
+            outcome = f"completed - {response['ret']}"
+        else:
+            outcome = "completed"
+    return [str(request_id), str(server), hosts.get(server, ""), status, str(request["command"]), elapsed, outcome]
