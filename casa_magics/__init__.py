@@ -9,39 +9,52 @@ cluster whose engines are MPI processes.
 2
 
 In IPython or Jupyter: ``%load_ext casa_magics``.
+
+Importing the package imports none of its modules: each public name is
+imported when first used (PEP 562), so a server, which imports only what it
+runs, never loads the client side (the ipyparallel client, the magics).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Any
 
-from .casampi_layer import casampi_enabled, disable_casampi, enable_casampi
-from .client import CommandClient, MPICommandClient
-from .environment import MPIEnvironment
-from .errors import ClusterError, CommandRequestError
 from .mpi4casa_alias import install_mpi4casa_alias
-from .server_map import ServerMap
-from .session import ClusterSession, current_session, set_current_session
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MPICommandClient",
-    "CommandClient",
-    "MPIEnvironment",
-    "CommandRequestError",
-    "ClusterError",
-    "ClusterSession",
-    "enable_casampi",
-    "disable_casampi",
-    "casampi_enabled",
-    "ServerMap",
-    "current_session",
-    "set_current_session",
-    "load_ipython_extension",
-    "unload_ipython_extension",
-    "__version__",
-]
+#: Each public name, and the module that defines it.
+_PUBLIC = {
+    "MPICommandClient": "client",
+    "CommandClient": "client",
+    "MPIEnvironment": "environment",
+    "CommandRequestError": "errors",
+    "ClusterError": "errors",
+    "ClusterSession": "session",
+    "current_session": "session",
+    "set_current_session": "session",
+    "enable_casampi": "casampi_layer",
+    "disable_casampi": "casampi_layer",
+    "casampi_enabled": "casampi_layer",
+    "ServerMap": "server_map",
+}
+
+__all__ = [*_PUBLIC, "load_ipython_extension", "unload_ipython_extension", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'casa_magics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next look-up is a plain one
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
 def load_ipython_extension(ipython):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from typing import Any
 
 __all__ = ["install_mpi4casa_alias"]
 
@@ -32,16 +33,26 @@ def install_mpi4casa_alias() -> bool:
         return getattr(existing, "__casa_magics_alias__", False)
     if importlib.util.find_spec("mpi4casa") is not None:
         return False
-    import casa_magics
-
     package = types.ModuleType("mpi4casa", "Alias of casa_magics for scripts written for casampi's mpi4casa.")
     package.__path__ = []
     package.__casa_magics_alias__ = True
     sys.modules["mpi4casa"] = package
     for name, exported in _ALIASES.items():
-        module = types.ModuleType(name, f"Alias of casa_magics' {', '.join(exported)}.")
-        for attribute in exported:
-            setattr(module, attribute, getattr(casa_magics, attribute))
+        module = _Alias(name, f"Alias of casa_magics' {', '.join(exported)}.")
+        module.__exported__ = exported
         sys.modules[name] = module
         setattr(package, name.rsplit(".", 1)[1], module)
     return True
+
+
+class _Alias(types.ModuleType):
+    """An alias module that takes its names from casa_magics when first asked (nothing is imported before)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.__dict__.get("__exported__", ()):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        import casa_magics
+
+        value = getattr(casa_magics, name)
+        setattr(self, name, value)
+        return value

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 import casa_magics
+
+import casa_magics.casa_env
 from casa_magics import ClusterSession, CommandClient
 from casa_magics.casa_env import casa_available
 from casa_magics.session import live_current_session, set_current_session

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 import casa_magics
+
+import casa_magics.casa_env
 from casa_magics import MPICommandClient
 from casa_magics.casa_env import casa_available
 
@@ -92,6 +94,7 @@ def test_without_the_call_nothing_changes(tmp_path):
         """
         import json, importlib.util, sys
         import casa_magics
+        import casa_magics.casa_env
         casa_magics.casa_env.prepare_client_process(".")
         import casatasks.private.task_tclean as tclean
         print(json.dumps([importlib.util.find_spec("casampi") is None, tclean.mpi_available,
@@ -107,6 +110,7 @@ def test_casatasks_imported_first_is_switched_over_and_back(tmp_path):
         """
         import json
         import casa_magics
+        import casa_magics.casa_env
         casa_magics.casa_env.prepare_client_process(".")
         import casatasks
         from casatasks.private import task_tclean
@@ -138,6 +142,7 @@ def test_a_real_casampi_is_left_in_charge(tmp_path):
         """
         import json, warnings
         import casa_magics
+        import casa_magics.casa_env
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             enabled = casa_magics.enable_casampi()

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import casampi_pipeline as pipeline  # noqa: E402
 
 import casa_magics  # noqa: E402
+import casa_magics.casa_env  # noqa: E402
 
 
 def main(workdir: str) -> None:
