@@ -11,7 +11,7 @@ channels, ``datacolumn='data'``, imsize 512, cell 15arcsec, niter 1000 (the
 size and iterations: ``--imsize``, ``--niter``).
 
 Sides, each a separate Python process; every process images with
-``OMP_NUM_THREADS=1``, as the servers do (see ``casa_magics.casa_env``):
+``OMP_NUM_THREADS=1``, as the servers do (see ``casa_magics.cluster.casa_env``):
 
 * serial: ``casatasks.tclean`` in a process where casampi is not enabled;
 * gang: an embedded cluster of ``--servers`` (default 3) servers, started and
@@ -23,7 +23,7 @@ Sides, each a separate Python process; every process images with
   (``OMPI_MCA_mpi_yield_when_idle=0``,
   ``OMPI_MCA_threads_pthreads_yield_strategy=sched_yield`` in the cluster's
   environment, which wins over casa_magics' defaults), to show what
-  ``casa_magics.launcher.open_mpi_environment`` saves.
+  ``casa_magics.cluster.launcher.open_mpi_environment`` saves.
 
 ``--gang NAME=VALUE,...`` adds a gang side with more environment for its
 cluster (e.g. ``OMPI_MCA_threads_pthreads_nanosleep_time=1000000``), ``-n``

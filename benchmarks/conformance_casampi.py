@@ -178,9 +178,9 @@ def run_casa_magics(servers: int, workdir: Path, vis: str) -> dict[str, Any]:
 def import_ngc5921(directory: Path) -> str:
     """NGC 5921 from casadata as a MeasurementSet in ``directory`` (with this venv's CASA); its path."""
     import casa_magics
-    import casa_magics.casa_env
+    import casa_magics.cluster.casa_env
 
-    casa_magics.casa_env.prepare_client_process(directory)
+    casa_magics.cluster.casa_env.prepare_client_process(directory)
     import casadata
     import casatasks
 

@@ -13,6 +13,8 @@ In IPython or Jupyter: ``%load_ext casa_magics``.
 Importing the package imports none of its modules: each public name is
 imported when first used (PEP 562), so a server, which imports only what it
 runs, never loads the client side (the ipyparallel client, the magics).
+
+Runs in every process that imports casa_magics; it imports nothing more by itself.
 """
 
 from __future__ import annotations
@@ -21,24 +23,24 @@ import importlib
 import logging
 from typing import Any
 
-from .mpi4casa_alias import install_mpi4casa_alias
+from casa_magics.casampi.mpi4casa_alias import install_mpi4casa_alias
 
 __version__ = "0.1.0"
 
 #: Each public name, and the module that defines it.
 _PUBLIC = {
-    "MPICommandClient": "client",
-    "CommandClient": "client",
-    "MPIEnvironment": "environment",
-    "CommandRequestError": "errors",
-    "ClusterError": "errors",
-    "ClusterSession": "session",
-    "current_session": "session",
-    "set_current_session": "session",
-    "enable_casampi": "casampi_layer",
-    "disable_casampi": "casampi_layer",
-    "casampi_enabled": "casampi_layer",
-    "ServerMap": "server_map",
+    "MPICommandClient": "client.client",
+    "CommandClient": "client.client",
+    "MPIEnvironment": "core.world",
+    "CommandRequestError": "core.errors",
+    "ClusterError": "core.errors",
+    "ClusterSession": "cluster.session",
+    "current_session": "cluster.session",
+    "set_current_session": "cluster.session",
+    "enable_casampi": "casampi.layer",
+    "disable_casampi": "casampi.layer",
+    "casampi_enabled": "casampi.layer",
+    "ServerMap": "cluster.server_map",
 }
 
 __all__ = [*_PUBLIC, "load_ipython_extension", "unload_ipython_extension", "__version__"]
@@ -61,11 +63,11 @@ def load_ipython_extension(ipython):
     """Register the ``%casa_*`` magics (``%load_ext casa_magics``). Starts no cluster.
 
     When the ``casa`` extra is installed, this kernel is also set up to
-    import CASA offline (see :func:`casa_magics.casa_env.prepare_client_process`).
+    import CASA offline (see :func:`casa_magics.cluster.casa_env.prepare_client_process`).
     """
-    from .casa_env import prepare_client_process
-    from .magics import load_ipython_extension as load
-    from .session import default_run_dir
+    from casa_magics.cluster.casa_env import prepare_client_process
+    from casa_magics.notebook.magics import load_ipython_extension as load
+    from casa_magics.cluster.session import default_run_dir
 
     prepare_client_process(default_run_dir())
     load(ipython)
@@ -73,7 +75,7 @@ def load_ipython_extension(ipython):
 
 def unload_ipython_extension(ipython):
     """Remove the ``%casa_*`` magics (``%unload_ext casa_magics``)."""
-    from .magics import unload_ipython_extension as unload
+    from casa_magics.notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)
 

@@ -10,6 +10,8 @@ Example 3 then runs casatasks' own parallel code on the same servers
 a Multi-MS, flagged one job per sub-MS, and imaged with
 ``tclean(parallel=True)``, in a temporary directory. Then everything is
 shut down.
+
+Runs in the client (its own process, as ``make demo`` starts it).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import tempfile
 import time
 
 from casa_magics import MPICommandClient, MPIEnvironment, enable_casampi
-from casa_magics.casa_env import casa_available
-from casa_magics.display import responses_text, status_text, text_table
+from casa_magics.cluster.casa_env import casa_available
+from casa_magics.notebook.display import responses_text, status_text, text_table
 
 __all__ = ["main"]
 
@@ -58,7 +60,7 @@ def show(title: str, responses: list[dict]) -> None:
 def casa_parallel_tasks(client: MPICommandClient) -> bool:
     """Example 3: casatasks' Multi-MS tasks and parallel tclean on the servers; True if all went well."""
     enable_casampi()
-    from .gang import last_serial_reason
+    from casa_magics.casampi.cube_routing import last_serial_reason
 
     import casadata
     import casatasks

@@ -25,8 +25,8 @@ from typing import Any, Callable
 import pytest
 
 from casa_magics import ClusterSession, CommandClient, MPICommandClient, set_current_session
-from casa_magics.config import load_settings
-from casa_magics.launcher import find_mpiexec, is_hydra
+from casa_magics.core.config import load_settings
+from casa_magics.cluster.launcher import find_mpiexec, is_hydra
 
 WAIT = 60  # seconds: the longest any test waits for anything
 #: The venv's bin, first on PATH for the tests and the engines they start, so mpiexec is the MPI wheel's.
@@ -123,7 +123,7 @@ def casa_reference(tmp_path_factory, test_environment) -> Path:
 
     See ``support/serial_casa_reference.py``; skips without the casa extra.
     """
-    from casa_magics.casa_env import casa_available
+    from casa_magics.cluster.casa_env import casa_available
 
     if not casa_available():
         pytest.skip("needs the casa extra (casatools, casatasks): make install")

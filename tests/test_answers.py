@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from casa_magics.errors import CommandRequestError
+from casa_magics.core.errors import CommandRequestError
 
 pytestmark = pytest.mark.needs_mpi
 
@@ -203,8 +203,8 @@ def test_casa_get_shows_an_unreadable_value_as_a_failed_request(client, values):
 
 @pytest.mark.casa
 def test_a_gangs_master_brings_back_its_parameters(client, values):
-    from casa_magics.casa_env import casa_available
-    from casa_magics.gang import gang_unavailable
+    from casa_magics.cluster.casa_env import casa_available
+    from casa_magics.client.gang import gang_unavailable
 
     if not casa_available():
         pytest.skip("needs the casa extra (casatools): make install")

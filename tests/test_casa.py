@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from casa_magics.casa_env import casa_available, prepare_client_process
+from casa_magics.cluster.casa_env import casa_available, prepare_client_process
 
 from .conftest import WAIT
 

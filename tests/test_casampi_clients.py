@@ -22,10 +22,10 @@ import pytest
 
 import casa_magics
 
-import casa_magics.casa_env
+import casa_magics.cluster.casa_env
 from casa_magics import ClusterSession, CommandClient
-from casa_magics.casa_env import casa_available
-from casa_magics.session import live_current_session, set_current_session
+from casa_magics.cluster.casa_env import casa_available
+from casa_magics.cluster.session import live_current_session, set_current_session
 
 from .conftest import WAIT
 
@@ -82,7 +82,7 @@ def parallel(cluster, vis, tmp_path_factory):
 @pytest.fixture(scope="module")
 def serial(vis, tmp_path_factory, run_dir):
     """The same jobs, run serially in this process (no casampi here)."""
-    casa_magics.casa_env.prepare_client_process(run_dir)
+    casa_magics.cluster.casa_env.prepare_client_process(run_dir)
     jobs = job_client.make_jobs(vis)
     home = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("clients-serial"))

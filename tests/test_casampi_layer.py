@@ -20,9 +20,9 @@ import pytest
 
 import casa_magics
 
-import casa_magics.casa_env
+import casa_magics.cluster.casa_env
 from casa_magics import MPICommandClient
-from casa_magics.casa_env import casa_available
+from casa_magics.cluster.casa_env import casa_available
 
 from .conftest import WAIT
 
@@ -94,8 +94,8 @@ def test_without_the_call_nothing_changes(tmp_path):
         """
         import json, importlib.util, sys
         import casa_magics
-        import casa_magics.casa_env
-        casa_magics.casa_env.prepare_client_process(".")
+        import casa_magics.cluster.casa_env
+        casa_magics.cluster.casa_env.prepare_client_process(".")
         import casatasks.private.task_tclean as tclean
         print(json.dumps([importlib.util.find_spec("casampi") is None, tclean.mpi_available,
                           casa_magics.casampi_enabled()]))
@@ -110,8 +110,8 @@ def test_casatasks_imported_first_is_switched_over_and_back(tmp_path):
         """
         import json
         import casa_magics
-        import casa_magics.casa_env
-        casa_magics.casa_env.prepare_client_process(".")
+        import casa_magics.cluster.casa_env
+        casa_magics.cluster.casa_env.prepare_client_process(".")
         import casatasks
         from casatasks.private import task_tclean
         from casatasks.private.parallel import parallel_task_helper as helper
@@ -142,7 +142,7 @@ def test_a_real_casampi_is_left_in_charge(tmp_path):
         """
         import json, warnings
         import casa_magics
-        import casa_magics.casa_env
+        import casa_magics.cluster.casa_env
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             enabled = casa_magics.enable_casampi()
@@ -273,7 +273,7 @@ def test_set_log_level_sets_the_servers_casa_log_priority(casampi, client, sessi
         return marker in (session.run_dir / f"casa-server-{server}.log").read_text(errors="replace")
 
     client.set_log_level("DEBUG")
-    level = "__import__('casa_magics.server_side', fromlist=['_'])._command_log_level"
+    level = "__import__('casa_magics.server.runner', fromlist=['_'])._command_log_level"
     assert [r["ret"] for r in client.push_command_request(level, True, SERVERS)] == ["DEBUG", "DEBUG"]
     assert not note_in_log("hidden-at-debug-level", 1)
     client.set_log_level("INFO")
@@ -287,7 +287,7 @@ def test_the_imaging_helpers_job_polls_end_when_the_jobs_do(casampi, client):
 
     from casatasks.private.imagerhelpers import parallel_imager_helper as helper
 
-    from casa_magics.mpi_interface import JobClock
+    from casa_magics.casampi.mpi_interface import JobClock
 
     casampi.MPIInterface.MPIInterface.getCluster()
     assert isinstance(helper.time, JobClock) and helper.time.monotonic is time.monotonic

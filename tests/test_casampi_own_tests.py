@@ -23,7 +23,7 @@ RUNNER = Path(__file__).parent / "support" / "run_casampi_own_test.py"
 
 @pytest.fixture(scope="module")
 def casampi_test_file(tmp_path_factory) -> Path:
-    from casa_magics.casa_env import casa_available
+    from casa_magics.cluster.casa_env import casa_available
 
     if not casa_available():
         pytest.skip("needs the casa extra (casatools, casatasks): make install")

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import casa_magics
-from casa_magics.casa_env import casa_available
-from casa_magics.mpi_interface import CPP_MPI_NOTICE
+from casa_magics.cluster.casa_env import casa_available
+from casa_magics.casampi.mpi_interface import CPP_MPI_NOTICE
 
 
 if not casa_available():

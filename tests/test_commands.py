@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from casa_magics.commands import compile_command
-from casa_magics.errors import CommandRequestError
+from casa_magics.client.commands import compile_command
+from casa_magics.core.errors import CommandRequestError
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from casa_magics import ClusterSession
-from casa_magics.config import load_settings
-from casa_magics.errors import SettingError
+from casa_magics.core.config import load_settings
+from casa_magics.core.errors import SettingError
 
 from .conftest import UNKNOWN_OPTION, WAIT
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from casa_magics.casa_env import casa_available
+from casa_magics.cluster.casa_env import casa_available
 
 from .conftest import WAIT
 

@@ -14,8 +14,11 @@ import psutil
 import pytest
 
 from casa_magics import ClusterError, CommandClient
-from casa_magics.config import load_settings
-from casa_magics.detached import detached_clusters, previous_requests, reattach
+from casa_magics.core.config import load_settings
+from casa_magics.cluster.detached import detached_clusters, previous_requests
+from casa_magics.cluster.session import ClusterSession
+
+reattach = ClusterSession.reattach
 
 from .conftest import WAIT, wait_until
 

@@ -11,7 +11,7 @@ import pytest
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
-from casa_magics.display import (
+from casa_magics.notebook.display import (
     ProgressBar,
     RawHTML,
     ResponseList,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from casa_magics import CommandClient, CommandRequestError, MPICommandClient, MPIEnvironment
-from casa_magics.requests import RESPONSE_KEYS
+from casa_magics.client.requests import RESPONSE_KEYS
 
 from .conftest import WAIT, started_marker, wait_until
 
@@ -185,7 +185,7 @@ def test_failure_carries_formatted_traceback(client):
     assert response["successful"] is False and response["ret"] is None
     assert "Traceback (most recent call last)" in response["traceback"]
     assert "ZeroDivisionError: division by zero" in response["traceback"]
-    assert "server_side.py" not in response["traceback"]
+    assert "runner.py" not in response["traceback"]  # none of casa_magics' own frames
 
 
 def test_start_and_stop_times_are_measured_on_the_server(client):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from casa_magics import CommandRequestError, waiting
+from casa_magics import CommandRequestError
+from casa_magics.client import waiting
 
 from .conftest import WAIT, kill_busy_server, started_marker, wait_until
 
@@ -162,7 +163,7 @@ def test_large_return_value_arrives_whole(client):
 
 
 def test_very_large_stdout_is_cut_in_the_response_but_works(client):
-    from casa_magics.server_side import STREAM_LIMIT
+    from casa_magics.server.runner import STREAM_LIMIT
 
     (response,) = client.push_command_request(
         "for i in range(200_000): print('x' * 99)", block=True, target_server=2

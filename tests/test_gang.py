@@ -23,10 +23,10 @@ import psutil
 import pytest
 
 from casa_magics import ClusterSession, CommandClient
-from casa_magics.casa_env import prepare_client_process
-from casa_magics.errors import CommandRequestError
-from casa_magics.gang import WORKER_COMMAND, run_task_as_gang, why_not_a_gang
-from casa_magics.launcher import open_mpi_environment
+from casa_magics.cluster.casa_env import prepare_client_process
+from casa_magics.core.errors import CommandRequestError
+from casa_magics.client.gang import WORKER_COMMAND, run_task_as_gang, why_not_a_gang
+from casa_magics.cluster.launcher import open_mpi_environment
 
 from .conftest import WAIT, started_marker, wait_until
 

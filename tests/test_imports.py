@@ -18,16 +18,17 @@ def _modules_after(statement: str) -> list[str]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_a_server_imports_neither_the_client_side_nor_ipython():
-    loaded = _modules_after("import casa_magics.server_side")
+def test_a_server_imports_only_the_server_and_core_packages():
+    loaded = _modules_after("import casa_magics.server.runner")
     assert not [m for m in loaded if m.split(".")[0] in ("ipyparallel", "IPython", "zmq")]
     ours = {m for m in loaded if m.startswith("casa_magics.")}
-    assert not ours & {"casa_magics.client", "casa_magics.session", "casa_magics.dispatcher", "casa_magics.magics"}
+    assert ours and all(m.startswith(("casa_magics.server", "casa_magics.core")) for m in ours - {
+        "casa_magics.casampi", "casa_magics.casampi.mpi4casa_alias"}), sorted(ours)
 
 
 def test_importing_the_package_imports_none_of_its_modules():
     loaded = _modules_after("import casa_magics")
-    assert [m for m in loaded if m.startswith("casa_magics.")] == ["casa_magics.mpi4casa_alias"]
+    assert [m for m in loaded if m.startswith("casa_magics.")] == ["casa_magics.casampi", "casa_magics.casampi.mpi4casa_alias"]
 
 
 @pytest.mark.parametrize("name", casa_magics.__all__)
@@ -46,4 +47,10 @@ def test_the_seeds_mpi4casa_imports_resolve_when_used():
         "import casa_magics\nfrom mpi4casa.MPICommandClient import MPICommandClient\n"
         "assert MPICommandClient is casa_magics.MPICommandClient"
     )
-    assert "casa_magics.client" in loaded
+    assert "casa_magics.client.client" in loaded
+
+
+def test_the_version_is_defined_once_and_installed_as_such():
+    from importlib.metadata import version
+
+    assert version("casa_magics") == casa_magics.__version__

@@ -23,8 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from casa_magics.config import load_settings
-from casa_magics.detached import detached_clusters, reattach
+from casa_magics.core.config import load_settings
+from casa_magics.cluster.detached import detached_clusters
+from casa_magics.cluster.session import ClusterSession
 
 from .conftest import WAIT, wait_until
 
@@ -36,7 +37,7 @@ CLIENT = textwrap.dedent(
     """
     import dataclasses, json, os, signal, sys, time
     from casa_magics import ClusterSession, CommandClient
-    from casa_magics.config import load_settings
+    from casa_magics.core.config import load_settings
     how, keep = sys.argv[1], sys.argv[2] == "keep"
     settings = dataclasses.replace(load_settings(), server_timeout=5)  # a lost server is noticed soon
     session = ClusterSession.start(n=2, timeout=60, keep=keep, settings=settings)
@@ -207,7 +208,7 @@ def test_a_kept_cluster_survives_its_killed_client(run_client):
     client.send_signal(signal.SIGKILL)
     client.wait(WAIT)
     # Still there and working: this process re-attaches and runs a command on both servers.
-    session = reattach(timeout=WAIT)
+    session = ClusterSession.reattach(timeout=WAIT)
     try:
         assert all(process_alive(pid) for pid in pids_of(pids))
         assert [info.pid for info in session.servers] == pids["servers"]
@@ -223,11 +224,10 @@ def test_the_watcher_ends_named_process_trees_and_scancels_when_its_client_dies(
     bin_dir.mkdir()
     (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n")
     (bin_dir / "scancel").chmod(0o755)
-    ready = tmp_path / "ready"
     script = textwrap.dedent(
         f"""
         import json, signal, subprocess, sys
-        from casa_magics.orphan_reaper import OrphanReaper
+        from casa_magics.cluster.orphan_reaper import OrphanReaper
         reaper = OrphanReaper()
         # A launcher with a child, as mpiexec has engines; the child ignores SIGTERM, so only SIGKILL ends it.
         tree = subprocess.Popen(["sh", "-c", "sh -c 'trap \\"\\" TERM; while :; do sleep 1; done' & wait"],

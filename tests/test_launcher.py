@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from casa_magics.launcher import KEEPER_SCRIPT, launch_command, open_mpi_defaults, plan_launch
+from casa_magics.cluster.launcher import KEEPER_SCRIPT, launch_command, open_mpi_defaults, plan_launch
 
 PY = "/venv/bin/python"
 OMPI = ["--oversubscribe", "--bind-to", "none", "--enable-recovery"]

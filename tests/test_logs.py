@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from casa_magics import CommandRequestError
-from casa_magics.casa_env import casa_available
-from casa_magics.logs import casa_log_tail, read_tail, server_log_path
+from casa_magics.cluster.casa_env import casa_available
+from casa_magics.cluster.logs import casa_log_tail, read_tail, server_log_path
 
 
 def test_read_tail_returns_the_last_lines(tmp_path):
@@ -45,7 +45,7 @@ def test_import_casa_imports_on_every_server(client):
 
 
 def test_import_casa_says_how_to_install_the_extra_when_missing(client, monkeypatch):
-    from casa_magics import casa_env
+    from casa_magics.cluster import casa_env
 
     monkeypatch.setattr(casa_env, "casa_available", lambda: False)  # as where the extra is not installed
     before = client.get_command_request_list()

@@ -22,8 +22,8 @@ from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from casa_magics.display import ResponseList, ServerStatus
-from casa_magics.magics import CasaMagics, load_ipython_extension, unload_ipython_extension
+from casa_magics.notebook.display import ResponseList, ServerStatus
+from casa_magics.notebook.magics import CasaMagics, load_ipython_extension, unload_ipython_extension
 
 from .conftest import WAIT, started_marker, wait_until
 

@@ -6,9 +6,10 @@ import psutil
 import pytest
 
 from casa_magics import ClusterError, ClusterSession
-from casa_magics.config import load_settings
-from casa_magics.errors import SettingError
-from casa_magics.memory import casarc_memory_limit, effective_memory_limit, format_bytes, parse_memory_size
+from casa_magics.core.config import load_settings
+from casa_magics.core.errors import SettingError
+from casa_magics.cluster.memory_limit import casarc_memory_limit, effective_memory_limit
+from casa_magics.core.units import format_bytes, parse_memory_size
 
 from .conftest import WAIT, wait_until
 
@@ -84,7 +85,7 @@ def test_a_request_over_the_memory_limit_is_ended_and_the_server_lives_on(own_cl
     (ended,) = client.get_command_response(request, block=True, timeout=WAIT)
     assert ended["successful"] is False and ended["status"] == "response received"
     last_line = ended["traceback"].strip().splitlines()[-1]
-    assert last_line.startswith("casa_magics.memory.MemoryLimitExceeded: server 2 used "), last_line
+    assert last_line.startswith("casa_magics.server.memory.MemoryLimitExceeded: server 2 used "), last_line
     assert last_line.endswith(f", over the memory limit of 600 MB; request {ended['id']} ended"), last_line
     used = float(last_line.split(" used ")[1].split()[0]) * (1024 if " GB," in last_line else 1)
     assert 600 < used < 1600, last_line  # MB: past the limit, by at most a few samples' growth

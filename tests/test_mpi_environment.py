@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from casa_magics import MPIEnvironment
-from casa_magics.environment import serial_view
+from casa_magics.core.world import serial_view
 
 pytestmark = pytest.mark.needs_mpi
 

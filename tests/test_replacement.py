@@ -11,10 +11,10 @@ import time
 import pytest
 
 from casa_magics import CommandRequestError, ServerMap
-from casa_magics.config import load_settings
-from casa_magics.display import status_text
-from casa_magics.errors import SettingError
-from casa_magics.replacement import describe_exit
+from casa_magics.core.config import load_settings
+from casa_magics.notebook.display import status_text
+from casa_magics.core.errors import SettingError
+from casa_magics.cluster.replacement import describe_exit
 
 from .conftest import WAIT, kill_busy_server, wait_until
 
@@ -30,6 +30,24 @@ def test_a_replacement_takes_the_server_id_and_ends_the_single_world():
     assert (info.server, info.engine, info.rank, info.pid, info.replaced) == (2, 5, 0, 200, True)
     assert servers.engine_of(2) == 5 and servers.server_of(5) == 2 and servers.server_ids == [1, 2]
     assert not servers.one_world
+
+
+def test_a_refused_replacement_is_told_to_the_dispatcher_not_written_into_its_text():
+    from types import SimpleNamespace
+
+    from casa_magics.cluster.replacement import MAX_TRIES, Replacer, start_replacement
+
+    told = []
+    replacer = Replacer.__new__(Replacer)
+    replacer._tries = {2: [time.monotonic()] * MAX_TRIES}  # tried often enough, just now
+    lost = "its process is gone"
+    server = SimpleNamespace(info=SimpleNamespace(server=2), lost=lost)
+    dispatcher = SimpleNamespace(
+        session=SimpleNamespace(replacer=replacer), replacement_failed=lambda server_id, why: told.append((server_id, why))
+    )
+    assert start_replacement(dispatcher, server) is False
+    assert told == [(2, f"{MAX_TRIES} replacements were started within 60 s, so it stays lost")]
+    assert server.lost == lost  # the dispatcher words its reason
 
 
 def test_exits_are_described():

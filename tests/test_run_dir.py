@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import WAIT
 
-SHOW_RUN_DIR = "from casa_magics.run_dir import default_run_dir; print(default_run_dir(), flush=True)"
+SHOW_RUN_DIR = "from casa_magics.cluster.run_dir import default_run_dir; print(default_run_dir(), flush=True)"
 
 
 def run(code: str, **env: str) -> tuple[Path, str]:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from casa_magics import ClusterError, ClusterSession, CommandClient
-from casa_magics.config import load_settings
+from casa_magics.core.config import load_settings
 
 from .conftest import HYDRA, UNKNOWN_OPTION, WAIT, wait_until
 
@@ -157,6 +157,51 @@ def test_connect_failure_lists_visible_clusters(ipcluster, monkeypatch):
     assert "\n" not in message
 
 
+def test_connect_says_why_engines_never_register(tmp_path):
+    """``ipcluster start --engines=MPI`` with more engines than Open MPI has slots: connect quotes Open MPI."""
+    if HYDRA:
+        pytest.skip("MPICH's hydra starts more processes than cores: its engines register")
+    profile = tmp_path / "profile"
+    env = dict(os.environ)
+    if os.geteuid() == 0:  # else Open MPI refuses to run as root, before counting slots
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    n = (os.cpu_count() or 1) + 1  # Open MPI has one slot per core, and no --oversubscribe here
+    ipcluster = [sys.executable, "-m", "ipyparallel.cluster"]
+    where = [f"--profile-dir={profile}", "--cluster-id=cmfail"]
+    started = subprocess.run(
+        [*ipcluster, "start", "--engines=MPI", "-n", str(n), "--ip=127.0.0.1", "--daemonize", *where],
+        env=env, timeout=WAIT, capture_output=True, text=True,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        client_file = profile / "security" / "ipcontroller-cmfail-client.json"
+        with pytest.raises(ClusterError) as raised:
+            ClusterSession.connect(connection_file=str(client_file), n=n, timeout=5)
+    finally:
+        subprocess.run([*ipcluster, "stop", *where], env=env, timeout=WAIT, capture_output=True)
+    first, _, log_tail = str(raised.value).partition("\n")
+    assert first.startswith(
+        f"cannot connect to cluster ({client_file}): only 0 of {n} engines registered within 5 s; "
+        f"the engine log {profile / 'log'}/ipengine-cmfail-"
+    ), first
+    assert "not enough slots" in log_tail, log_tail
+
+
+def test_connect_without_a_cluster_file_quotes_the_newest_engine_log(tmp_path):
+    from casa_magics.cluster.session import _engine_log_tail
+
+    client_file = tmp_path / "security" / "ipcontroller-abc-client.json"
+    log_dir = tmp_path / "log"
+    assert _engine_log_tail(client_file) == f"no engine log in {log_dir} says why"
+    log_dir.mkdir()
+    old, new = log_dir / "ipengine-abc-1-10.log", log_dir / "ipcluster-abc-11.log"
+    old.write_text("old words")
+    new.write_text("\n".join(f"line {i}" for i in range(100)))
+    (log_dir / "ipengine-other-1-12.log").write_text("another cluster's")
+    os.utime(old, (1, 1))
+    assert _engine_log_tail(client_file) == f"the engine log {new} ends:\n" + "\n".join(f"line {i}" for i in range(60, 100))
+
+
 def test_engines_without_casa_magics_get_a_clear_error(tmp_path):
     engine = [sys.executable, str(Path(__file__).parent / "support" / "engine_without_casa_magics.py")]
     with pytest.raises(ClusterError, match=r"^the engines cannot import casa_magics: install it in the engines' Python environment$"):
@@ -181,7 +226,7 @@ def test_the_shared_client_follows_set_current_session(client, session, own_clus
 
 @pytest.mark.casa
 def test_casa_is_imported_in_the_background_and_status_says_when_ready(own_cluster):
-    from casa_magics.casa_env import casa_available
+    from casa_magics.cluster.casa_env import casa_available
 
     if not casa_available():
         pytest.skip("needs the casa extra")
@@ -192,11 +237,39 @@ def test_casa_is_imported_in_the_background_and_status_says_when_ready(own_clust
     assert [state["casa"] for state in background.get_server_status().values()] == ["ready", "ready"]
     (version,) = background.push_command_request("casatasks.version_string()", True, 1)
     assert version["successful"] and version["ret"].startswith("6.")
+    # While importing, the interpreter switched threads sooner (so requests got through);
+    # once CASA is ready, the server's switch interval is its own again.
+    (interval,) = background.push_command_request("__import__('sys').getswitchinterval()", True, 2)
+    assert interval["ret"] == pytest.approx(0.005)
+
+
+def test_the_background_import_yields_to_requests_and_then_restores_the_server(client):
+    # Run where the import runs: in a thread of its own on the server.
+    command = (
+        "import os, sys, threading\n"
+        "from casa_magics.server.runner import _yielding_to_requests\n"
+        "def probe(seen):\n"
+        "    level = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
+        "    seen['before'] = (sys.getswitchinterval(), level())\n"
+        "    with _yielding_to_requests():\n"
+        "        seen['inside'] = (sys.getswitchinterval(), level())\n"
+        "    seen['after'] = sys.getswitchinterval()\n"
+        "seen = {}\n"
+        "worker = threading.Thread(target=probe, args=(seen,))\n"
+        "worker.start(); worker.join(30)"
+    )
+    (response,) = client.push_command_request(command, True, 1)
+    assert response["successful"], response["traceback"]
+    ((before, inside, after),) = [r["ret"] for r in client.push_command_request("(seen['before'], seen['inside'], seen['after'])", True, 1)]
+    from casa_magics.server.runner import IMPORT_NICENESS, IMPORT_SWITCH_INTERVAL
+
+    assert inside[0] == pytest.approx(IMPORT_SWITCH_INTERVAL) and after == pytest.approx(before[0])
+    assert inside[1] == before[1] + IMPORT_NICENESS  # this thread only: the server's own priority is untouched
 
 
 def test_without_background_import_casa_waits_for_first_use(own_cluster):
     quiet = own_cluster(n=2, import_casa=False)
-    from casa_magics.casa_env import casa_available
+    from casa_magics.cluster.casa_env import casa_available
 
     expected = "on first use" if casa_available() else "not installed"
     assert [state["casa"] for state in quiet.get_server_status().values()] == [expected, expected]

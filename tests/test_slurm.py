@@ -26,9 +26,9 @@ import psutil
 import pytest
 
 from casa_magics import ClusterSession, CommandClient
-from casa_magics.casa_env import casa_available
-from casa_magics.errors import ClusterError
-from casa_magics.slurm import (
+from casa_magics.cluster.casa_env import casa_available
+from casa_magics.core.errors import ClusterError
+from casa_magics.cluster.slurm import (
     JobInfo,
     JobOptions,
     batch_script,
@@ -39,7 +39,7 @@ from casa_magics.slurm import (
     parse_job_id,
     sbatch_command,
 )
-from casa_magics.slurm_launch import LOOPBACK, place_servers, starting_job
+from casa_magics.cluster.slurm_launch import LOOPBACK, place_servers, starting_job
 
 from .conftest import VENV_BIN, WAIT, started_marker, wait_until
 from .support.slurm_cluster import LocalSlurm, why_no_slurm
@@ -124,13 +124,14 @@ def test_allocation_is_read_from_slurm_variables():
 def test_placement_embedded_stays_on_loopback():
     placement = place_servers(None, environ={})
     assert (placement.controller_ip, placement.job, placement.servers(None)) == (LOOPBACK, None, None)
-    assert placement.describe("embedded cluster of 2 MPI servers") == "embedded cluster of 2 MPI servers"
+    assert placement.describe(2) == "embedded cluster of 2 MPI servers"
+    assert placement.describe(1, "local") == "embedded cluster of 1 local server"
 
 
 def test_placement_inside_an_allocation_uses_its_tasks():
     one_node = place_servers(None, environ={"SLURM_JOB_ID": "9", "SLURM_NTASKS": "3"})
     assert (one_node.servers(None), one_node.servers(2), one_node.controller_ip) == (3, 2, LOOPBACK)
-    assert one_node.describe("embedded cluster of 3 MPI servers") == (
+    assert one_node.describe(3) == (
         "embedded cluster of 3 MPI servers in Slurm allocation 9 (SLURM_NTASKS=3)"
     )
     nodes = place_servers(
@@ -186,7 +187,7 @@ def test_a_hostfile_does_not_go_to_slurm(tmp_path):
 def test_magic_refuses_misplaced_slurm_options(text, message, monkeypatch):
     from IPython.core.error import UsageError
 
-    from casa_magics import magics
+    from casa_magics.notebook import magics
 
     monkeypatch.setattr(magics, "has_current_session", lambda: False)
     monkeypatch.setattr(magics.MPICommandClient, "stop_services", lambda self: [])
@@ -323,7 +324,7 @@ def test_a_job_slurm_ends_times_out_its_requests_naming_the_job(slurm, slurm_run
 
 @needs_slurm
 def test_a_job_that_stays_pending_is_cancelled_at_the_start_timeout(slurm, slurm_run_dir, capsys, monkeypatch):
-    from casa_magics import magics
+    from casa_magics.notebook import magics
 
     wait_for_empty_queue(slurm)
     blocker = slurm.run("sbatch", "--parsable", "--partition=whole", "--output=/dev/null", "--wrap", "sleep 300")
@@ -437,8 +438,8 @@ def test_magics_start_show_and_stop_a_slurm_job_and_exit_cancels_it(slurm, tmp_p
 
 
 def test_controller_ip_setting_is_checked_when_read():
-    from casa_magics.config import load_settings
-    from casa_magics.errors import SettingError
+    from casa_magics.core.config import load_settings
+    from casa_magics.core.errors import SettingError
 
     assert load_settings({"CASA_MAGICS_CONTROLLER_IP": "10.0.0.5"}).controller_ip == "10.0.0.5"
     with pytest.raises(SettingError, match=r"^CASA_MAGICS_CONTROLLER_IP must be an IP address \(or '\*'\), got 'node1'$"):

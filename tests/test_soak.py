@@ -8,7 +8,7 @@ import itertools
 import psutil
 import pytest
 
-from casa_magics.requests import Request
+from casa_magics.client.requests import Request
 
 from .conftest import WAIT
 

@@ -1,4 +1,4 @@
-"""The one wait (casa_magics.waiting): timeout, progress bar, and Ctrl-C wherever it lands. No cluster."""
+"""The one wait (casa_magics.client.waiting): timeout, progress bar, and Ctrl-C wherever it lands. No cluster."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from casa_magics.waiting import INTERRUPT_CHECK, PROGRESS_AFTER_SEVERAL, deferred_interrupts, wait_interactive
+from casa_magics.client.waiting import INTERRUPT_CHECK, PROGRESS_AFTER_SEVERAL, deferred_interrupts, wait_interactive
 
 from .conftest import WAIT
 

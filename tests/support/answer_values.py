@@ -25,7 +25,7 @@ class Job:
 
 def note(job: Job, **_others: Any) -> int:
     """Called bare (``note()`` with ``parameters={'job': ...}``): log this server's ID in ``job``."""
-    from casa_magics.server_side import user_namespace
+    from casa_magics.server.runner import user_namespace
 
     job.log.append(user_namespace()["casa_server_id"])
     return len(job.log)

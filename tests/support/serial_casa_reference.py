@@ -21,12 +21,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import casampi_pipeline as pipeline  # noqa: E402
 
 import casa_magics  # noqa: E402
-import casa_magics.casa_env  # noqa: E402
+import casa_magics.cluster.casa_env  # noqa: E402
 
 
 def main(workdir: str) -> None:
     os.chdir(workdir)
-    casa_magics.casa_env.prepare_client_process(workdir)
+    casa_magics.cluster.casa_env.prepare_client_process(workdir)
     assert not casa_magics.casampi_enabled()
     import casadata
     import casatasks

@@ -1,0 +1,87 @@
+"""casampi's ``get_server_status()``: one dict per server.
+
+Runs in the client. Its one job: describe each server as casampi's status
+dict does (rank, host, pid, busy, the command it runs and for how long, what
+is queued for it, timeout), with what casa_magics adds (lost and why,
+replaced, its CASA log, whether CASA is imported, memory figures). The part
+read from the dispatcher's records is taken under its lock
+(:func:`status_rows`); files and ``/proc`` are read without it
+(:func:`add_machine_figures`), since answers and the watchdog need the lock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from casa_magics.client.server_record import ServerRecord
+from casa_magics.cluster.logs import server_log_path
+from casa_magics.cluster.memory_limit import available_memory, memory_figures
+
+__all__ = ["status_row", "status_rows", "add_machine_figures"]
+
+
+def status_row(server: ServerRecord, now: float, log: str) -> dict[str, Any]:
+    """One server's status, from the dispatcher's record (no files read).
+
+    Parameters
+    ----------
+    server : ServerRecord
+        The server.
+    now : float
+        The time the status is for.
+    log : str
+        The server's CASA log file.
+    """
+    info = server.info
+    head = server.in_flight[0].requests[0] if server.in_flight else None
+    return {
+        "rank": info.rank,
+        "processor": info.host,
+        "pid": info.pid,
+        "engine": info.engine,
+        "busy": bool(server.in_flight),
+        "command": head.compiled.source if head else None,
+        "command_start_time": server.head_since if head else None,
+        "running_for": now - server.head_since if head and server.head_since else None,
+        "queued": sum(len(m.requests) for m in server.in_flight) + len(server.waiting),
+        "timeout": server.timed_out or server.loss is not None,
+        "lost": server.loss.text if server.loss is not None else None,
+        "log": log,
+        "replaced": server.replaced,
+    }
+
+
+def status_rows(servers: Mapping[int, ServerRecord], session: Any, now: float) -> dict[int, dict[str, Any]]:
+    """Every server's status from the dispatcher's records (call with its lock held).
+
+    Parameters
+    ----------
+    servers : mapping
+        Server ID -> its record.
+    session : ClusterSession
+        The session (for the log paths).
+    now : float
+        The time the status is for.
+    """
+    return {
+        server_id: status_row(server, now, str(server_log_path(session, server_id)))
+        for server_id, server in servers.items()
+    }
+
+
+def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, Any], session: Any) -> None:
+    """Add each server's CASA state and memory figures to its status (reads files and ``/proc``; no lock).
+
+    Parameters
+    ----------
+    status : dict
+        From :func:`status_rows`; changed in place.
+    infos : mapping
+        Server ID -> ServerInfo, taken with the status.
+    session : ClusterSession
+        The session (its memory limit, its servers' CASA state).
+    """
+    available, limit = available_memory(), session.memory_limit
+    for server_id, info in infos.items():
+        status[server_id]["casa"] = session.casa_state(server_id)
+        status[server_id].update(memory_figures(info, limit, available))
