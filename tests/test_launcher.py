@@ -48,3 +48,18 @@ def test_the_keeper_imports_only_the_standard_library():
     source = open(KEEPER_SCRIPT).read()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "os", "signal", "subprocess", "sys", "ctypes"}
+
+
+@pytest.mark.parametrize(
+    ("world", "local", "told", "kept"),
+    [("3", "1", "2", "1"), ("3", "2", "2", None), ("1", "1", "1", None), (None, None, None, None)],
+)
+def test_a_rank_alone_on_its_node_is_told_it_has_a_neighbour(world, local, told, kept):
+    from casa_magics.server.engine_keeper import gang_ready_environment
+
+    environ = {"PATH": "/bin"}
+    environ.update({k: v for k, v in (("OMPI_COMM_WORLD_SIZE", world), ("OMPI_COMM_WORLD_LOCAL_SIZE", local)) if v})
+    env = gang_ready_environment(environ)
+    assert env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == told
+    assert env.get("CASA_MAGICS_LOCAL_SIZE") == kept
+    assert env["PATH"] == "/bin" and environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") == local  # a copy, the rest as it was

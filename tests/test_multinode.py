@@ -217,3 +217,43 @@ def test_magics_start_show_and_stop_servers_on_three_nodes(nodes, tmp_path):
     for name in NODE_NAMES:
         wait_until(lambda name=name: nodes.namespace_pids(name) == [nodes.slurmd_pid(name)], WAIT,
                    f"nothing but slurmd left on {name}")
+
+
+# ------------------------------------------------------------ a gang across nodes
+@pytest.mark.casa
+def test_a_cube_gang_with_a_member_alone_on_its_node_is_the_serial_cube(nodes, casa_reference, tmp_path):
+    """3 servers on 2 nodes (Slurm places 2 + 1): server 3 is alone on node2.
+
+    casatools' C++ takes a rank alone on its node for a serial run and leaves
+    ``initmpi()`` at once, so the master waited for it forever; each rank's
+    keeper now tells it it has a neighbour (``OMPI_COMM_WORLD_LOCAL_SIZE``).
+    """
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent / "support"))
+    import casampi_pipeline as pipeline
+
+    from casa_magics.cluster.casa_env import prepare_client_process
+
+    prepare_client_process(str(casa_reference))
+    session = ClusterSession.start(
+        n=3, scheduler="slurm", controller_ip=nodes.bridge_ip, time_limit="15", timeout=2 * WAIT,
+        sbatch_args=["--nodes=2"],
+    )
+    client = CommandClient(session)
+    try:
+        client.start_services()
+        assert [session.servers.info(s).host for s in (1, 2, 3)] == ["node1", "node1", "node2"]
+        params = dict(vis=str(casa_reference / "serial.ms"), imagename=str(tmp_path / "cube"), **pipeline.CUBE)
+        ids = client.push_gang_request("from casatasks import tclean; tclean(**cube)", False, {"cube": params})
+        master, *workers = client.get_command_response(ids, True, timeout=4 * WAIT)
+        assert master["successful"], master["traceback"]
+        assert [(w["server"], w["ret"]["joined"]) for w in workers] == [(2, True), (3, True)]
+        for kind in ("image", "residual", "psf", "model", "pb"):
+            np.testing.assert_array_equal(
+                pipeline.pixels(str(tmp_path / f"cube.{kind}")), pipeline.pixels(str(casa_reference / f"serial_cube.{kind}")),
+                err_msg=kind,
+            )
+    finally:
+        client.stop_services()
+        session.stop()

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["main", "exit_note_path"]
+__all__ = ["main", "exit_note_path", "gang_ready_environment"]
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -42,6 +42,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass  # not Linux: the cluster's own shutdown still reaps engines
 
 
+def gang_ready_environment(environ: "os._Environ[str] | dict[str, str]") -> dict[str, str]:
+    """The engine's environment, with a rank alone on its node told it has a neighbour.
+
+    casatools' C++ reads Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE``: a rank
+    that is alone on its node (local size 1) leaves
+    ``synthesisimager().initmpi()`` at once instead of serving as a worker,
+    and a gang with members on several nodes then waits for it forever. A
+    world of more than one rank is parallel whatever the layout, so such a
+    rank is given a local size of 2 (the real one is kept in
+    ``CASA_MAGICS_LOCAL_SIZE``). Open MPI itself takes the layout from its
+    runtime, not from this variable.
+    """
+    env = dict(environ)
+    if env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1" and int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        env["CASA_MAGICS_LOCAL_SIZE"] = "1"
+        env["OMPI_COMM_WORLD_LOCAL_SIZE"] = "2"
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``argv`` (default: this process's arguments) and exit as it exits."""
     command = sys.argv[1:] if argv is None else argv
@@ -49,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -I engine_keeper.py ENGINE-COMMAND...", file=sys.stderr)
         return 2
     # close_fds=False: the engine needs the process manager's PMI socket (PMI_FD).
-    engine = subprocess.Popen(command, close_fds=False, start_new_session=True, preexec_fn=_die_with_parent)
+    engine = subprocess.Popen(
+        command, close_fds=False, start_new_session=True, preexec_fn=_die_with_parent,
+        env=gang_ready_environment(os.environ),
+    )
     for signum in _FORWARDED:
         signal.signal(signum, lambda received, _frame: engine.send_signal(received))
     code = engine.wait()
