@@ -23,7 +23,7 @@ from casa_magics.client.commands import CompiledCommand
 from casa_magics.client.request_book import RequestBook
 from casa_magics.client.requests import TIMEOUT, Request
 from casa_magics.client.server_record import ServerRecord
-from casa_magics.server.gang_member import MASTER, WORKER, GangTicket
+from casa_magics.core.wire import MASTER, WORKER, GangTicket
 
 __all__ = ["Gang", "GangEnd", "GangSupervisor", "GANG_GRACE"]
 

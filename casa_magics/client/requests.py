@@ -13,7 +13,7 @@ from typing import Any
 
 from casa_magics.client.commands import CompiledCommand
 from casa_magics.core.errors import CommandRequestError
-from casa_magics.server.gang_member import GangTicket
+from casa_magics.core.wire import GangTicket
 from casa_magics.core.wire import WireRequest, pack_value, read_outcome, type_name, why_one_line
 
 __all__ = [

@@ -9,12 +9,35 @@ value that cannot be read fails its own request only.
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from casa_magics.server.gang_member import GangTicket
+__all__ = [
+    "GangTicket",
+    "MASTER",
+    "WORKER",
+    "PLAIN_TYPES",
+    "WireRequest",
+    "pack_value",
+    "unpack_value",
+    "read_outcome",
+    "type_name",
+    "why_one_line",
+]
 
-__all__ = ["PLAIN_TYPES", "WireRequest", "pack_value", "unpack_value", "read_outcome", "type_name", "why_one_line"]
+
+#: A gang member's part (see :mod:`casa_magics.server.gang_member`).
+MASTER, WORKER = "master", "worker"
+
+
+class GangTicket(NamedTuple):
+    """A server's part in one gang, as sent with its request."""
+
+    #: Unique and increasing in the client, so a worker can ignore a message of an ended gang.
+    gang_id: int
+    #: :data:`MASTER` or :data:`WORKER`.
+    role: str
+    #: Number of servers in the gang (the MPI world's size).
+    size: int
 
 
 class WireRequest(NamedTuple):

@@ -37,8 +37,9 @@ import inspect
 import sys
 import time
 import types
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
+from casa_magics.core.wire import MASTER, WORKER, GangTicket
 from casa_magics.core.standin import build_casampi_modules, install_casampi_modules, remove_casampi_modules
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
 
 #: MPI tag of the master's "go"/"skip" message (CASA's C++ uses small tags).
 GANG_TAG = 27182
-MASTER, WORKER = "master", "worker"
 _GO, _SKIP = "go", "skip"
 _PROBE_INTERVAL = 0.005  # seconds between a waiting worker's looks for the master's message
 
@@ -71,17 +71,6 @@ CPP_MPI_TASKS = {
     "sdintimaging": ("casatasks.sdintimaging", "_sdintimaging_t", "casatasks.private.task_sdintimaging"),
 }
 
-
-
-class GangTicket(NamedTuple):
-    """A server's part in one gang, as sent with its request."""
-
-    #: Unique and increasing in the client, so a worker can ignore a message of an ended gang.
-    gang_id: int
-    #: :data:`MASTER` or :data:`WORKER`.
-    role: str
-    #: Number of servers in the gang (the MPI world's size).
-    size: int
 
 
 _current: GangTicket | None = None
