@@ -46,10 +46,17 @@ _PUBLIC = {
 __all__ = [*_PUBLIC, "load_ipython_extension", "unload_ipython_extension", "__version__"]
 
 
+#: Modules a public name needs beside its own: MPIEnvironment describes the current
+#: session's world in the client, which the session module provides when imported.
+_NEEDS = {"MPIEnvironment": "cluster.session"}
+
+
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'casa_magics' has no attribute {name!r}")
+    if name in _NEEDS:
+        importlib.import_module(f".{_NEEDS[name]}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # the next look-up is a plain one
     return value

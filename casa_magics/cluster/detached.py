@@ -37,7 +37,9 @@ from casa_magics.core.errors import ClusterError
 
 if TYPE_CHECKING:
     from casa_magics.core.config import Settings
-    from casa_magics.cluster.session import ClusterSession
+
+# The ``session`` arguments below are ClusterSession objects; the session imports this
+# module (never the other way round), so they are typed loosely here.
 
 __all__ = [
     "DetachedCluster",
@@ -182,14 +184,14 @@ def _remove(cluster: DetachedCluster) -> None:
             pass
 
 
-def _server_rows(session: "ClusterSession") -> list[dict[str, Any]]:
+def _server_rows(session: Any) -> list[dict[str, Any]]:
     return [dataclasses.asdict(info) for info in session.servers]
 
 
 class _Heartbeat(threading.Thread):
     """Touches the heartbeat file while its session runs."""
 
-    def __init__(self, session: "ClusterSession", path: Path) -> None:
+    def __init__(self, session: Any, path: Path) -> None:
         super().__init__(name="casa-magics-heartbeat", daemon=True)
         self.session, self.path = session, path
 
@@ -202,7 +204,7 @@ class _Heartbeat(threading.Thread):
             time.sleep(HEARTBEAT)
 
 
-def _attach(session: "ClusterSession", cluster: DetachedCluster) -> None:
+def _attach(session: Any, cluster: DetachedCluster) -> None:
     """Make ``session`` the one attached to ``cluster``: it keeps the cluster at exit and beats."""
     from casa_magics.cluster import run_dir
     session.detached = cluster
@@ -215,7 +217,7 @@ def _attach(session: "ClusterSession", cluster: DetachedCluster) -> None:
     atexit.register(_last_beat, session, cluster.heartbeat)
 
 
-def _last_beat(session: "ClusterSession", path: Path) -> None:
+def _last_beat(session: Any, path: Path) -> None:
     """At exit, note when this process let the cluster go (it keeps running)."""
     if not session.stopped:
         try:
@@ -224,7 +226,7 @@ def _last_beat(session: "ClusterSession", path: Path) -> None:
             pass
 
 
-def register(session: "ClusterSession", engine_kwargs: dict[str, Any]) -> DetachedCluster:
+def register(session: Any, engine_kwargs: dict[str, Any]) -> DetachedCluster:
     """Note a just-started detached cluster in the registry and attach ``session`` to it."""
     settings = session.settings
     cluster_id = session.cluster.cluster_id
@@ -246,7 +248,7 @@ def register(session: "ClusterSession", engine_kwargs: dict[str, Any]) -> Detach
     return cluster
 
 
-def save_server_map(session: "ClusterSession") -> None:
+def save_server_map(session: Any) -> None:
     """Record a changed server map (after a replacement) for whoever re-attaches."""
     cluster: DetachedCluster | None = getattr(session, "detached", None)
     if cluster is not None:
@@ -258,7 +260,7 @@ def _keeps(cluster: DetachedCluster) -> str:
     return f"detached cluster {cluster.cluster_id} uses it"
 
 
-def forget(session: "ClusterSession") -> None:
+def forget(session: Any) -> None:
     """Remove a stopped detached cluster from the registry, and its temporary run directory.
 
     The run directory stays when something this process noted needs its
@@ -313,7 +315,7 @@ def connect_detached(cluster: DetachedCluster, timeout: float) -> tuple[Any, Any
     return ipp_cluster, client
 
 
-def attach(session: "ClusterSession", cluster: DetachedCluster, since: float | None) -> None:
+def attach(session: Any, cluster: DetachedCluster, since: float | None) -> None:
     """Attach a re-attached ``session`` to ``cluster``, and note what became of the earlier requests."""
     _attach(session, cluster)
     hub = _hub_requests(session)  # the controller's record, read once: it can be large
@@ -321,7 +323,7 @@ def attach(session: "ClusterSession", cluster: DetachedCluster, since: float | N
     # Request IDs go on from the previous client's: a server's cancel board names requests by ID.
     session.first_request_id = max((request.id for _, requests in hub for request in requests), default=0) + 1
 
-def _hub_requests(session: "ClusterSession") -> list[tuple[dict, list]]:
+def _hub_requests(session: Any) -> list[tuple[dict, list]]:
     """The controller's records of other clients' request messages, each with its requests."""
     from ipyparallel.serialize import unpack_apply_message
 
@@ -350,7 +352,7 @@ def _stamp(moment: datetime | None) -> float | None:
 
 
 def previous_requests(
-    session: "ClusterSession", since: float | None = None, hub: list[tuple[dict, list]] | None = None
+    session: Any, since: float | None = None, hub: list[tuple[dict, list]] | None = None
 ) -> list[dict[str, Any]]:
     """What became of the requests other clients sent, as the controller and the servers tell.
 
@@ -396,7 +398,7 @@ def previous_requests(
     return sorted(found, key=lambda row: row["id"])
 
 
-def _running_now(session: "ClusterSession") -> dict[int, int]:
+def _running_now(session: Any) -> dict[int, int]:
     """The request each server runs now, from its cancel board (0: none; servers of other hosts left out)."""
     from casa_magics.core.cancel_board import CancelBoard, board_path
 

@@ -38,7 +38,7 @@ from casa_magics.server.memory import start_memory_watch
 from casa_magics.cluster.orphan_reaper import OrphanReaper
 from casa_magics.cluster.replacement import Replacer
 from casa_magics.cluster import detached
-from casa_magics.core.world import mpi_library_report
+from casa_magics.core.world import set_client_world, mpi_library_report
 from casa_magics.cluster.run_dir import default_run_dir, keep_run_dir
 from casa_magics.cluster.slurm import SlurmJob
 from casa_magics.cluster.slurm_launch import Placement, place_servers
@@ -862,3 +862,21 @@ def set_current_session(session: ClusterSession | None) -> None:
     global _current
     with _current_lock:
         _current = session
+
+
+class _CurrentSessionWorld:
+    """The MPI world :class:`~casa_magics.MPIEnvironment` describes in the client: the current session's."""
+
+    def server_ids(self) -> list[int]:
+        return list(current_session().servers.server_ids)
+
+    def library(self) -> dict[str, Any] | None:
+        return current_session().mpi_library()
+
+    def stop(self) -> None:
+        session = live_current_session()
+        if session is not None:
+            session.stop()
+
+
+set_client_world(_CurrentSessionWorld())

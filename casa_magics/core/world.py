@@ -20,7 +20,7 @@ import contextvars
 import os
 import socket
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 __all__ = [
     "MPIEnvironment",
@@ -30,6 +30,8 @@ __all__ = [
     "CLIENT_ROLE",
     "SERVER_ROLE",
     "SERVER_COUNT_VARIABLE",
+    "ClientWorld",
+    "set_client_world",
 ]
 
 #: The value of ``CASA_MAGICS_ROLE`` in a server's environment, set when it is launched.
@@ -122,14 +124,10 @@ class _ClientRole(_Role):
     is_mpi_enabled = True
 
     def server_ids(self) -> list[int]:
-        from casa_magics.cluster.session import current_session  # the client side, imported only in the client
-
-        return list(current_session().servers.server_ids)
+        return list(_client_world().server_ids())
 
     def library(self) -> dict[str, Any] | None:
-        from casa_magics.cluster.session import current_session
-
-        return current_session().mpi_library()
+        return _client_world().library()
 
     def initialized(self) -> bool:
         return True
@@ -155,6 +153,37 @@ class _ServerRole(_Role):
 
     def initialized(self) -> bool:
         return mpi_library_report() is not None
+
+
+class ClientWorld(Protocol):
+    """What the client's side tells :class:`MPIEnvironment` about the current cluster."""
+
+    def server_ids(self) -> list[int]:
+        """The server IDs, bringing a cluster up if none runs (as casampi's world exists from the start)."""
+
+    def library(self) -> dict[str, Any] | None:
+        """The servers' MPI library (see :func:`mpi_library_report`)."""
+
+    def stop(self) -> None:
+        """Stop the current cluster, if one runs."""
+
+
+_world: ClientWorld | None = None
+
+
+def set_client_world(world: ClientWorld) -> None:
+    """Register the client side's view of the current cluster (``casa_magics.cluster.session`` does, on import)."""
+    global _world
+    _world = world
+
+
+def _client_world() -> ClientWorld:
+    if _world is None:
+        raise RuntimeError(
+            "no cluster session in this process: use casa_magics.MPIEnvironment (import casa_magics), "
+            "which brings one up when asked"
+        )
+    return _world
 
 
 def _role() -> _Role:
@@ -350,10 +379,7 @@ class MPIEnvironment(metaclass=_MPIEnvironmentType):
         """
         if isinstance(_role(), _ServerRole):
             raise RuntimeError("abort_mpi_environment() is for the client: a casa_magics server cannot end its cluster")
-        from casa_magics.cluster.session import current_session, has_current_session
-
-        if has_current_session():
-            current_session().stop()
+        _client_world().stop()
 
     @staticmethod
     def setup_logger(origin: str, show: bool) -> None:
