@@ -18,19 +18,7 @@ from casa_magics.cluster.server_map import ServerInfo
 from casa_magics.core.errors import CommandRequestError
 from casa_magics.server.gang_member import MASTER, WORKER, GangTicket
 
-COMMAND = compile_command("1+1")
-
-
-def outcome(value="2", **more) -> dict:
-    return {
-        "successful": True, "ret": value, "traceback": None, "command_start_time": 1.0, "command_stop_time": 2.0,
-        "stdout": "", "stderr": "", **more,
-    }
-
-
-def book_with(n: int, target: int | None = 1) -> tuple[RequestBook, list[Request]]:
-    book = RequestBook(first_id=5)
-    return book, [book.new(COMMAND, None, target, None, None) for _ in range(n)]
+from .support.request_book_helpers import COMMAND, book_with, outcome
 
 
 def server(number: int = 1) -> ServerRecord:

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from casa_magics.client.commands import compile_command
-from casa_magics.client.request_book import RequestBook, flatten_request_ids
-from casa_magics.client.requests import CANCELLED, HOLDING, RECEIVED, TIMEOUT, Request
+from casa_magics.client.request_book import flatten_request_ids
+from casa_magics.client.requests import CANCELLED, HOLDING, RECEIVED, TIMEOUT
 from casa_magics.core.errors import CommandRequestError
 
-COMMAND = compile_command("1+1")
-
-
-def outcome(value="2", **more) -> dict:
-    return {
-        "successful": True, "ret": value, "traceback": None, "command_start_time": 1.0, "command_stop_time": 2.0,
-        "stdout": "", "stderr": "", **more,
-    }
-
-
-def book_with(n: int, target: int | None = 1) -> tuple[RequestBook, list[Request]]:
-    book = RequestBook(first_id=5)
-    return book, [book.new(COMMAND, None, target, None, None) for _ in range(n)]
+from .support.request_book_helpers import book_with, outcome
 
 
 # ------------------------------------------------------------------ request book
