@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 from types import SimpleNamespace
 
-import pytest
 
 from casa_magics.client.cancelling import cancel_requests, masters_for_workers
 from casa_magics.client.commands import compile_command
@@ -15,7 +14,6 @@ from casa_magics.client.requests import CANCELLED, SENT, TIMEOUT, Request
 from casa_magics.client.server_record import Loss, Replacement, ServerRecord
 from casa_magics.client.watchdog import Sweep, judge_silence, look_at
 from casa_magics.cluster.server_map import ServerInfo
-from casa_magics.core.errors import CommandRequestError
 from casa_magics.server.gang_member import MASTER, WORKER, GangTicket
 
 from .support.request_book_helpers import COMMAND, book_with, outcome
@@ -67,9 +65,15 @@ def test_a_timed_out_server_is_back_when_it_runs_and_has_nothing_in_flight():
 
 
 # ------------------------------------------------------------------------ gangs
-def a_gang(book: RequestBook, servers: dict) -> GangSupervisor:
-    boards = SimpleNamespace(board=lambda _server: None)
-    supervisor = GangSupervisor(servers, book, boards)
+def a_gang(book: RequestBook, servers: dict, cancelled: list | None = None) -> GangSupervisor:
+    """A gang on ``servers``; the (server, request) pairs its supervisor cancels go to ``cancelled``."""
+    cancelled = [] if cancelled is None else cancelled
+
+    def board(server_record):
+        return SimpleNamespace(cancel_and_interrupt=lambda request_id, _pid: cancelled.append(
+            (server_record.info.server, request_id)))
+
+    supervisor = GangSupervisor(servers, book, SimpleNamespace(board=board))
     supervisor.form(COMMAND, compile_command("serve()"), None, None, sorted(servers), None)
     return supervisor
 
@@ -99,8 +103,8 @@ def test_a_gang_whose_member_was_lost_ends_its_other_members_at_once():
 
 
 def test_after_its_master_finished_a_gangs_worker_gets_a_grace_time():
-    book, servers = RequestBook(), {1: server(1), 2: server(2)}
-    supervisor = a_gang(book, servers)
+    book, servers, cancelled = RequestBook(), {1: server(1), 2: server(2)}, []
+    supervisor = a_gang(book, servers, cancelled)
     (gang,) = supervisor.gangs.values()
     master, worker = gang.requests
     worker.status = SENT
@@ -111,6 +115,7 @@ def test_after_its_master_finished_a_gangs_worker_gets_a_grace_time():
     assert worker.status == SENT  # running, within the grace time
     supervisor.check(now=106.0)
     assert worker.status == TIMEOUT and gang.interrupted_at == {worker.id: 106.0}
+    assert cancelled == [(2, worker.id)]
 
 
 def test_cancelling_a_worker_cancels_its_master():
@@ -132,11 +137,25 @@ def test_cancelling_unsent_requests_takes_them_from_their_queues():
     assert not holding and not servers[1].waiting and held.status == waiting.status == CANCELLED
 
 
-def test_a_sent_request_on_another_host_cannot_be_cancelled():
-    book, (sent,) = book_with(1)
-    sent.status = SENT
-    with pytest.raises(CommandRequestError, match="does not share this host"):
-        cancel_requests([sent], {}, {1: server(1)}, collections.deque(), SimpleNamespace(board=lambda _s: None), book)
+def test_a_server_that_does_not_confirm_a_cancel_is_named_and_the_others_are_cancelled():
+    book, (first, second) = book_with(2)
+    first.status = second.status = SENT
+    first.server, second.server = 1, 2
+    silent = "server 1 (host node1) did not confirm within 5 s that request 1 is cancelled"
+
+    class Board:
+        def __init__(self, server_id):
+            self.server_id = server_id
+
+        def cancel_and_interrupt(self, request_id, pid):
+            if self.server_id == 1:
+                raise TimeoutError(silent)
+            return True
+
+    boards = SimpleNamespace(board=lambda s: Board(s.info.server))
+    done = cancel_requests([first, second], {}, {1: server(1), 2: server(2)}, collections.deque(), boards, book)
+    assert done == {first.id: f"not confirmed: {silent}", second.id: "interrupted while running"}
+    assert book.cancel_asked == {first.id, second.id}
 
 
 def test_a_sweep_asks_the_session_afresh_once_when_a_server_looks_lost():

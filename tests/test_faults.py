@@ -12,6 +12,7 @@ import pytest
 
 from casa_magics import CommandRequestError
 from casa_magics.client import waiting
+from casa_magics.cluster.control_channel import RemoteBoard, ask_reports
 
 from .conftest import WAIT, kill_busy_server, started_marker, wait_until
 
@@ -229,3 +230,37 @@ def test_cancel_a_sent_request_before_it_starts(client):
     ]
     assert responses[1]["traceback"] == "cancelled by the client before it started"
     assert client.abort_command_request(first) == {first: "already finished (response received)"}
+
+
+# ------------------------------------------------------- the control channel
+def test_a_server_is_cancelled_and_reports_itself_through_its_engines_control_channel(client, tmp_path):
+    """What a client on another host does (tests/test_multinode.py), here with a server on this host."""
+    session = client.session
+    engine = session.servers.info(2).engine
+    marker = tmp_path / "control-started"
+    (running,) = client.push_command_request(f"{started_marker(marker)}; import time; time.sleep(30)", target_server=2)
+    (queued,) = client.push_command_request("'never run'", target_server=2)
+    wait_until(marker.exists, message="the long request running on server 2")
+    report = ask_reports(session.client, {2: engine})[2]
+    assert report["running"] == running and report["memory"] > 20 * 2**20, report
+    board = RemoteBoard(session.client, engine, "server 2")
+    assert board.cancel_and_interrupt(queued) is False  # not started: skipped when its turn comes
+    assert board.cancel_and_interrupt(running) is True
+    # (Here the board was used behind the dispatcher's back, so it did not word the statuses.)
+    cancelled, skipped = client.get_command_response([running, queued], block=True, timeout=WAIT)
+    assert cancelled["successful"] is False, cancelled
+    assert f"KeyboardInterrupt: request {running} was cancelled by the client" in cancelled["traceback"]
+    assert (skipped["successful"], skipped["traceback"]) == (False, "cancelled by the client before it started")
+    assert ask_reports(session.client, {2: engine})[2]["running"] == 0
+
+
+def test_a_server_that_does_not_answer_its_control_channel_is_named():
+    class Silent:
+        def _send_control_request(self, **_kwargs):
+            import concurrent.futures
+
+            return concurrent.futures.Future()  # never answered
+
+    assert ask_reports(Silent(), {4: 7}, timeout=0.1) == {4: "no answer within 0.1 s"}
+    with pytest.raises(TimeoutError, match=r"^server 4 did not confirm within 5 s that request 9 is cancelled$"):
+        RemoteBoard(Silent(), 7, "server 4").cancel_and_interrupt(9)

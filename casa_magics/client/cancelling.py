@@ -2,8 +2,10 @@
 
 Runs in the client. Its one job: end the requests a user cancels. A request
 not sent yet leaves its queue and is answered ``'cancelled'``; a sent one is
-marked on its server's cancel board (shared memory, so only for servers on
-this host), and interrupted if it is running. A gang's worker is never
+marked on its server's cancel board, and interrupted if it is running. The
+client writes the board of a server on its own host itself (shared memory);
+a server on another host is asked to do it, through its engine's control
+channel (:mod:`~casa_magics.cluster.control_channel`). A gang's worker is never
 cancelled on its own: its master is, whose task then lets every worker go.
 The caller (the :class:`~casa_magics.client.dispatcher.Dispatcher`) holds its
 lock.
@@ -17,42 +19,47 @@ from typing import Any, Mapping
 from casa_magics.client.request_book import RequestBook
 from casa_magics.client.requests import CANCELLED, HOLDING, Request
 from casa_magics.client.server_record import ServerRecord
+from casa_magics.cluster.control_channel import RemoteBoard
 from casa_magics.core.cancel_board import CancelBoard, board_path
-from casa_magics.core.errors import CommandRequestError
 from casa_magics.server.gang_member import WORKER
 
 __all__ = ["CancelBoards", "masters_for_workers", "cancel_requests"]
 
 
 class CancelBoards:
-    """The cancel boards of the servers on this host, opened when first needed.
+    """The servers' cancel boards, opened when first needed.
 
     Parameters
     ----------
     run_dir : path
-        The cluster's run directory, where the servers made their boards.
+        The cluster's run directory, where servers on this host made their boards.
+    client : ipyparallel.Client
+        The session's client, which reaches servers on other hosts.
     """
 
-    def __init__(self, run_dir: Any) -> None:
+    def __init__(self, run_dir: Any, client: Any) -> None:
         self._run_dir = run_dir
-        self._boards: dict[int, CancelBoard] = {}
+        self._client = client
+        self._boards: dict[int, CancelBoard | RemoteBoard] = {}
 
-    def board(self, server: ServerRecord) -> CancelBoard | None:
-        """The server's cancel board, or None if client and server do not share a host (or it cannot be opened).
+    def board(self, server: ServerRecord) -> CancelBoard | RemoteBoard:
+        """The server's cancel board: its file when client and server share a host, else a :class:`RemoteBoard`.
 
         Parameters
         ----------
         server : ServerRecord
             Any server.
         """
-        if not server.info.on_this_host:
-            return None
         board = self._boards.get(server.info.server)
         if board is None:
-            try:
-                board = CancelBoard(board_path(self._run_dir, server.info.server))
-            except OSError:
-                return None
+            board = None
+            if server.info.on_this_host:
+                try:
+                    board = CancelBoard(board_path(self._run_dir, server.info.server))
+                except OSError:  # a server with no run directory here: ask it
+                    pass
+            if board is None:
+                board = RemoteBoard(self._client, server.info.engine, server.describe())
             self._boards[server.info.server] = board
         return board
 
@@ -100,18 +107,6 @@ def masters_for_workers(requests: list[Request], gangs: Mapping[int, Any]) -> tu
     return chosen, outcome
 
 
-def _refuse_remote(requests: list[Request], servers: Mapping[int, ServerRecord], boards: CancelBoards) -> None:
-    """Raise :class:`CommandRequestError` for the first sent, unfinished request whose server has no board here."""
-    for request in requests:
-        if request.status != HOLDING and not request.finished:
-            server = servers[request.server]
-            if boards.board(server) is None:
-                raise CommandRequestError(
-                    f"cannot cancel request {request.id}: it was already sent to {server.describe()}, "
-                    "which does not share this host"
-                )
-
-
 def cancel_requests(
     requests: list[Request],
     outcome: dict[int, str],
@@ -142,12 +137,10 @@ def cancel_requests(
     dict
         ``outcome``, with every request's fate.
 
-    Raises
-    ------
-    CommandRequestError
-        For a sent request on another host (nothing is cancelled then).
+    A server that cannot confirm a cancel (it does not answer within
+    seconds) leaves that request's outcome saying so; the others are
+    cancelled all the same.
     """
-    _refuse_remote(requests, servers, boards)
     for request in requests:
         if request.finished:
             outcome[request.id] = f"already finished ({request.status})"
@@ -162,8 +155,10 @@ def cancel_requests(
         else:
             server = servers[request.server]
             book.cancel_asked.add(request.id)
-            if boards.board(server).cancel_and_interrupt(request.id, server.info.pid):
-                outcome[request.id] = "interrupted while running"
-            else:
-                outcome[request.id] = "will be skipped by its server"
+            try:
+                interrupted = boards.board(server).cancel_and_interrupt(request.id, server.info.pid)
+            except (TimeoutError, RuntimeError) as error:
+                outcome[request.id] = f"not confirmed: {error}"
+                continue
+            outcome[request.id] = "interrupted while running" if interrupted else "will be skipped by its server"
     return outcome

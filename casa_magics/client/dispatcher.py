@@ -80,7 +80,7 @@ class Dispatcher:
         self._estimate: float | None = None  # running mean duration of commands, for batching
         client = session.client
         self._servers = {info.server: ServerRecord(info, client[info.engine]) for info in session.servers}
-        self._boards = CancelBoards(session.run_dir)
+        self._boards = CancelBoards(session.run_dir, client)
         self._gangs = GangSupervisor(self._servers, self._book, self._boards)
         self._closed = threading.Event()
         self._watchdog = Watchdog(self.check_servers, min(1.0, server_timeout / 4), self._closed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -194,23 +195,27 @@ class GangSupervisor:
         asked = gang.interrupted_at.get(request.id)
         if asked is None:
             gang.interrupted_at[request.id] = now
-            board = self._boards.board(server)
-            if board is not None:
-                board.cancel_and_interrupt(request.id, server.info.pid)
+            try:
+                self._boards.board(server).cancel_and_interrupt(request.id, server.info.pid)
+            except (TimeoutError, RuntimeError) as error:  # killed after the grace time, as if it ran on
+                log.warning("%s", error)
         elif running and now - asked >= GANG_GRACE and request.id not in gang.killed:
             gang.killed.add(request.id)
             _kill(server, gang.why)
 
 
 def _kill(server: ServerRecord, why: str) -> None:
-    """Kill a server stuck in a gang that ended (its process, if it is on this host)."""
-    process = server.info.process()
-    if process is None:
-        log.warning("%s is stuck in a gang that ended (%s) and is not on this host: it stays busy until "
-                    "its job ends", server.describe(), why)
-        return
+    """Kill a server stuck in a gang that ended.
+
+    On this host, its process; on another, through its engine's nanny
+    (ipyparallel's ``send_signal``), which runs beside it.
+    """
     log.warning("%s is stuck in a gang that ended (%s): killing it", server.describe(), why)
+    process = server.info.process()
     try:
-        process.kill()
-    except Exception:  # gone already
+        if process is not None:
+            process.kill()
+        else:
+            server.view.client.send_signal(signal.SIGKILL, targets=[server.info.engine], block=False)
+    except Exception:  # gone already, or no nanny: the watchdog reports it lost or timed out
         pass

@@ -5,7 +5,8 @@ dict does (rank, host, pid, busy, the command it runs and for how long, what
 is queued for it, timeout), with what casa_magics adds (lost and why,
 replaced, its CASA log, whether CASA is imported, memory figures). The part
 read from the dispatcher's records is taken under its lock
-(:func:`status_rows`); files and ``/proc`` are read without it
+(:func:`status_rows`); the rest (files and ``/proc`` for servers on this
+host, the servers' own reports for the others) without it
 (:func:`add_machine_figures`), since answers and the watchdog need the lock.
 """
 
@@ -15,9 +16,13 @@ from typing import Any, Mapping
 
 from casa_magics.client.server_record import ServerRecord
 from casa_magics.cluster.logs import server_log_path
+from casa_magics.cluster.control_channel import ask_reports
 from casa_magics.cluster.memory_limit import available_memory, memory_figures
 
-__all__ = ["status_row", "status_rows", "add_machine_figures"]
+__all__ = ["status_row", "status_rows", "add_machine_figures", "REPORT_TIMEOUT"]
+
+#: Seconds a status waits for the reports of servers on other hosts.
+REPORT_TIMEOUT = 2.0
 
 
 def status_row(server: ServerRecord, now: float, log: str) -> dict[str, Any]:
@@ -69,8 +74,15 @@ def status_rows(servers: Mapping[int, ServerRecord], session: Any, now: float) -
     }
 
 
-def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, Any], session: Any) -> None:
-    """Add each server's CASA state and memory figures to its status (reads files and ``/proc``; no lock).
+def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, Any], session: Any) -> dict[int, dict[str, Any]]:
+    """Add each server's CASA state and memory figures to its status (no lock held).
+
+    A server on this host is read from outside (its process in ``/proc``,
+    its CASA state file), which needs nothing from it. A server on another
+    host reports itself, through its engine's control channel, within
+    :data:`REPORT_TIMEOUT` seconds; one that does not answer gets ``None``
+    figures and says why in ``casa``. Lost servers and servers that stopped
+    answering are not asked.
 
     Parameters
     ----------
@@ -79,9 +91,27 @@ def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, A
     infos : mapping
         Server ID -> ServerInfo, taken with the status.
     session : ClusterSession
-        The session (its memory limit, its servers' CASA state).
+        The session (its client, memory limit, its servers' CASA state).
+
+    Returns
+    -------
+    dict
+        ``status``.
     """
     available, limit = available_memory(), session.memory_limit
+    remote = {}
     for server_id, info in infos.items():
-        status[server_id]["casa"] = session.casa_state(server_id)
-        status[server_id].update(memory_figures(info, limit, available))
+        if info.on_this_host:
+            status[server_id]["casa"] = session.casa_state(server_id)
+            status[server_id].update(memory_figures(info, limit, available))
+        else:
+            status[server_id].update(casa=None, memory=None, memory_limit=limit, available_memory=None)
+            if not (status[server_id]["lost"] or status[server_id]["timeout"]):
+                remote[server_id] = info.engine
+    for server_id, report in (ask_reports(session.client, remote, REPORT_TIMEOUT) if remote else {}).items():
+        if isinstance(report, str):
+            status[server_id]["casa"] = f"unknown: {report}"
+            continue
+        status[server_id].update(memory=report["memory"], available_memory=report["available_memory"])
+        status[server_id]["casa"] = report["casa"] or session.casa_state(server_id)
+    return status

@@ -43,6 +43,7 @@ from casa_magics.cluster.run_dir import default_run_dir, keep_run_dir
 from casa_magics.cluster.slurm import SlurmJob
 from casa_magics.cluster.slurm_launch import Placement, place_servers
 from casa_magics.cluster.registration import LauncherWatch, Outcome, wait_for_engines
+from casa_magics.cluster.control_channel import install_control_handlers
 from casa_magics.cluster.server_map import ServerInfo, ServerMap
 from casa_magics.server.runner import (
     SERVER_ROLE,
@@ -50,6 +51,7 @@ from casa_magics.server.runner import (
     engine_identity,
     join_casa_import,
     prepare_engine,
+    server_report,
     set_command_log_level,
     start_casa_import,
 )
@@ -618,6 +620,7 @@ class ClusterSession:
         ]
         for result in pending:
             result.get(timeout=self.settings.start_timeout)
+        self.run_on_servers(install_control_handlers, servers=servers)  # how a client on another host reaches them
         self.run_on_servers(start_memory_watch, self.memory_limit, servers=servers)
         for setup in list(_server_setups):
             setup(self, servers)
@@ -657,9 +660,12 @@ class ClusterSession:
 
     def wait_for_casa(self, timeout: float | None = None) -> dict[int, str]:
         """Wait (at most ``timeout`` s) for the background CASA import to end; return each server's state."""
+        reports = {}
         if self._casa_import_started:
             self.run_on_servers(join_casa_import, timeout, timeout=None if timeout is None else timeout + 30)
-        return {info.server: self.casa_state(info.server) for info in self.servers}
+            reports = self.run_on_servers(server_report)  # each server's own word, wherever it runs
+        return {info.server: (reports.get(info.server) or {}).get("casa") or self.casa_state(info.server)
+                for info in self.servers}
 
     def casa_state(self, server: int) -> str:
         """Whether CASA is imported on a server.

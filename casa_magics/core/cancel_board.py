@@ -1,18 +1,23 @@
 """A tiny shared-memory board through which the client cancels a server's requests.
 
 A server is busy running a command and cannot read messages, so cancelling
-goes through a memory-mapped file in the run directory that both sides can
-see (client and server on one host):
+goes through a small board of shared memory that the server reads between
+and during commands:
 
 * the server writes the ID of the request it is running (``running``) and,
   before starting each request, checks the list of cancelled IDs and skips
   a cancelled one;
-* to stop a running request, the client writes its ID as ``interrupt`` and
+* to stop a running request, the canceller writes its ID as ``interrupt`` and
   sends the server SIGINT; the server's handler raises KeyboardInterrupt only
   if the request named there is the one running, so a signal that arrives
   late never hits the next command.
 
-Shared by the client (which writes the board) and each server (which reads its own).
+Who writes the board: a client on the server's host opens the server's board
+file (in the run directory) and writes it itself; for a server on another
+host, the client asks the server's engine to do it (a control message, see
+:mod:`casa_magics.cluster.control_channel`), and the board there is the same
+object. A server without a run directory it can write keeps its board in
+anonymous memory, reachable that way only.
 """
 
 from __future__ import annotations
@@ -41,11 +46,15 @@ class CancelBoard:
 
     Parameters
     ----------
-    path : path-like
+    path : path-like or None
         The board file; created (zeroed) by the server with ``create=True``.
+        None: a board in anonymous memory, for this process only.
     """
 
-    def __init__(self, path: str | os.PathLike[str], create: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, create: bool = False) -> None:
+        if path is None:
+            self._map = mmap.mmap(-1, _SIZE)
+            return
         flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
         fd = os.open(path, flags, 0o600)
         try:

@@ -28,6 +28,7 @@ from casa_magics.core.units import format_bytes
 
 __all__ = [
     "MemoryLimitExceeded",
+    "own_memory",
     "start_memory_watch",
     "take_memory_interrupt",
     "use_board",
@@ -129,6 +130,19 @@ class _MemoryWatch(threading.Thread):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc
             pass
+
+
+def own_memory() -> int | None:
+    """This server's resident memory (RSS) in bytes, as its watcher last sampled it (None: unknown)."""
+    watch = _watch
+    if watch is not None and watch.rss:
+        return watch.rss
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except Exception:
+        return None
 
 
 def start_memory_watch(limit: int | None) -> None:

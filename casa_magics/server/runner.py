@@ -35,7 +35,7 @@ from casa_magics.server.gang_member import (
 from casa_magics.server import memory
 from casa_magics.server.memory import take_memory_interrupt
 
-__all__ = ["run_requests", "start_casa_import", "join_casa_import", "casa_import_state_path", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
+__all__ = ["cancel_here", "server_report", "run_requests", "start_casa_import", "join_casa_import", "casa_import_state_path", "provide_casampi_namespace", "set_command_log_level", "SERVER_ROLE", "request_runner", "engine_identity", "prepare_engine", "user_namespace", "STREAM_LIMIT", "SERVER_ID_NAME"]
 
 #: Characters of stdout/stderr kept per response; more is cut with a note.
 STREAM_LIMIT = 1_000_000
@@ -360,9 +360,38 @@ def prepare_engine(server_id: int, run_dir: str, environment: dict[str, str], se
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         _board = CancelBoard(board_path(run_dir, server_id), create=True)
-        memory.use_board(_board)
-    except OSError:  # no shared run directory here: requests can then only be cancelled before sending
-        _board = None
+    except OSError:  # no run directory here: the board is reached through the engine only (cancel_here)
+        _board = CancelBoard(None)
+    memory.use_board(_board)
+
+
+def cancel_here(request_ids: list[int]) -> list[tuple[int, str]]:
+    """Cancel requests of this server from inside its process (from any thread).
+
+    A request this server has not started is skipped when its turn comes;
+    the running one is interrupted, exactly as when the client writes the
+    board itself (see :mod:`casa_magics.core.cancel_board`). This is how a
+    client on another host cancels: the engine's control thread calls this.
+
+    Parameters
+    ----------
+    request_ids : list of int
+        The requests to cancel.
+
+    Returns
+    -------
+    list of (int, str)
+        Each request ID with ``'interrupted'`` (it was running) or
+        ``'skipped'`` (it will be skipped), or ``'no board'`` if this engine
+        was never prepared as a server.
+    """
+    board = _board
+    if board is None:
+        return [(request_id, "no board") for request_id in request_ids]
+    return [
+        (request_id, "interrupted" if board.cancel_and_interrupt(request_id, os.getpid()) else "skipped")
+        for request_id in request_ids
+    ]
 
 
 #: States of the background CASA import (see start_casa_import).
@@ -375,7 +404,12 @@ def casa_import_state_path(run_dir: str | os.PathLike[str], server_id: int) -> P
     return Path(run_dir) / f"casa-import-{server_id}.state"
 
 
+_casa_state: str | None = None  # this server's own view of its CASA import (None: not started)
+
+
 def _write_casa_import_state(state: str) -> None:
+    global _casa_state
+    _casa_state = state
     path = casa_import_state_path(os.environ["CASA_MAGICS_RUN_DIR"], int(os.environ["CASA_MAGICS_SERVER_ID"]))
     try:
         partial = path.with_suffix(".partial")
@@ -449,6 +483,32 @@ def join_casa_import(timeout: float | None = None) -> bool:
         return True
     _casa_import.join(timeout)
     return not _casa_import.is_alive()
+
+
+def server_report() -> dict[str, Any]:
+    """What this server says of itself, read without disturbing the command it runs (from any thread).
+
+    Returns
+    -------
+    dict
+        ``memory`` (its resident memory, bytes), ``available_memory`` (what
+        its machine can still give), ``casa`` (its background CASA import:
+        ``'importing'``, ``'ready'``, ``'failed: ...'``, or None if it never
+        started) and ``running`` (the request it runs now, 0: none).
+    """
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except Exception:
+        available = None
+    board = _board
+    return {
+        "memory": memory.own_memory(),
+        "available_memory": available,
+        "casa": _casa_state,
+        "running": board.running if board is not None else 0,
+    }
 
 
 #: What casampi's servers offer casatasks' jobs besides the tasks themselves.
