@@ -27,13 +27,12 @@ if not casa_available():
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 import casampi_pipeline as pipeline  # noqa: E402
-from casampi_pipeline import pixels  # noqa: E402
+from casampi_pipeline import column, pixels  # noqa: E402
 
 pytestmark = [pytest.mark.needs_mpi, pytest.mark.casa]
 
 SERVERS = [1, 2]
 MMS = "ngc5921.mms"
-ROW_KEY = ("TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FIELD_ID")
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +70,6 @@ def parallel(casatasks, client):
 @pytest.fixture(scope="module")
 def serial(workdir):
     return pipeline.serial_results(workdir)
-
-
-def column(vis: str, name: str) -> np.ndarray:
-    """A column of every row, in a fixed row order (an MMS lists rows sub-MS by sub-MS)."""
-    from casatools import table
-
-    tb = table()
-    tb.open(vis)
-    try:
-        keys = [tb.getcol(key) for key in ROW_KEY]
-        values = tb.getcol(name)
-    finally:
-        tb.close()
-    order = np.lexsort(keys[::-1])
-    return values[..., order]
 
 
 def sub_ms_jobs(requests: dict, task: str) -> dict[str, dict]:

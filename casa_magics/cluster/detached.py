@@ -111,6 +111,8 @@ class DetachedCluster:
     memory_limit: int | None
     replace_lost: bool
     owner_pid: int | None
+    #: The Slurm job whose tasks the servers are (None: not started through Slurm).
+    slurm_job_id: str | None = None
 
     @property
     def heartbeat(self) -> Path:
@@ -243,6 +245,7 @@ def register(session: Any, engine_kwargs: dict[str, Any]) -> DetachedCluster:
         memory_limit=settings.memory_limit,
         replace_lost=session.replacer is not None,
         owner_pid=os.getpid(),
+        slurm_job_id=session.slurm_job.job_id if getattr(session, "slurm_job", None) is not None else None,
     )
     _attach(session, cluster)
     return cluster
@@ -399,17 +402,29 @@ def previous_requests(
 
 
 def _running_now(session: Any) -> dict[int, int]:
-    """The request each server runs now, from its cancel board (0: none; servers of other hosts left out)."""
+    """The request each server runs now (0: none).
+
+    Read from the cancel board of a server on this host; a server on another
+    host is asked (its control channel); one that does not answer is left out.
+    """
+    from casa_magics.cluster.control_channel import ask_reports
     from casa_magics.core.cancel_board import CancelBoard, board_path
 
     running_now: dict[int, int] = {}
+    elsewhere = {}
     for info in session.servers:
+        if not info.on_this_host:
+            elsewhere[info.server] = info.engine
+            continue
         try:
             board = CancelBoard(board_path(session.run_dir, info.server))
             running_now[info.server] = board.running
             board.close()
         except OSError:
             pass
+    for server, report in (ask_reports(session.client, elsewhere) if elsewhere else {}).items():
+        if isinstance(report, dict):
+            running_now[server] = report["running"]
     return running_now
 
 

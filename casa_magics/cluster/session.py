@@ -529,6 +529,8 @@ class ClusterSession:
         session._casa_import_started = session._casa_installed and settings.import_casa
         if record.replace_lost and record.engine_kwargs:
             session.replacer = Replacer(session, record.engine_kwargs)
+        if record.slurm_job_id is not None:  # stopping it cancels the job; the watchdog follows the job
+            session.slurm_job = SlurmJob.following(record.slurm_job_id)
         detached.attach(session, record, since)
         return session
 

@@ -346,6 +346,13 @@ class SlurmJob:
         #: Told the job ID, to scancel it if this process dies (see casa_magics.cluster.orphan_reaper).
         self.reaper = None
 
+    @classmethod
+    def following(cls, job_id: str) -> "SlurmJob":
+        """A handle on a job submitted earlier (by the process that started a detached cluster)."""
+        job = cls()
+        job.job_id = job_id
+        return job
+
     def submit(self, command: list[str]) -> str:
         """Run ``sbatch`` (``command`` from :func:`sbatch_command`) and keep the job ID."""
         done = _run(command)

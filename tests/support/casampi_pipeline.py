@@ -73,3 +73,22 @@ def pixels(image: str) -> np.ndarray:
         return ia.getchunk()
     finally:
         ia.close()
+
+
+#: Columns that together name a row, whatever order an MS or a Multi-MS lists its rows in.
+ROW_KEY = ("TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FIELD_ID")
+
+
+def column(vis: str, name: str) -> np.ndarray:
+    """A column of every row, in a fixed row order (an MMS lists rows sub-MS by sub-MS)."""
+    from casatools import table
+
+    tb = table()
+    tb.open(vis)
+    try:
+        keys = [tb.getcol(key) for key in ROW_KEY]
+        values = tb.getcol(name)
+    finally:
+        tb.close()
+    order = np.lexsort(keys[::-1])
+    return values[..., order]

@@ -126,7 +126,8 @@ class MultiNodeSlurm:
         Node name (``node1`` ...) -> its address.
     """
 
-    def __init__(self, nodes: int = NODES) -> None:
+    def __init__(self, nodes: int = NODES, cpus_per_node: int = CPUS_PER_NODE) -> None:
+        self.cpus_per_node = cpus_per_node
         # Readable by all, so the munge user reaches its socket directory below it.
         self.base = Path(tempfile.mkdtemp(prefix="casa-magics-multinode-"))
         self.base.chmod(0o755)
@@ -226,7 +227,7 @@ class MultiNodeSlurm:
     def _config(self) -> str:
         base = self.base
         node_lines = "\n".join(
-            f"NodeName={name} NodeHostname={name} NodeAddr={address} CPUs={CPUS_PER_NODE} State=UNKNOWN"
+            f"NodeName={name} NodeHostname={name} NodeAddr={address} CPUs={self.cpus_per_node} State=UNKNOWN"
             for name, address in self.nodes.items()
         )
         return f"""\
