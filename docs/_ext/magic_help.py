@@ -34,6 +34,10 @@ class MagicHelp(Directive):
         if function is None or not callable(function):
             raise self.error(f"CasaMagics has no magic {name!r}")
         doc = inspect.cleandoc(function.__doc__ or "")
+        # magic_arguments puts the usage under a reST "::" line; the literal block shows it as is.
+        if doc.startswith("::\n"):
+            usage, _, rest = doc[3:].strip("\n").partition("\n")
+            doc = f"{usage.strip()}\n{rest}"
         section_id = make_id(self.state.document.settings.env, self.state.document, "magic", name)
         target = nodes.target("", "", ids=[section_id])
         block = nodes.literal_block(doc, doc)
