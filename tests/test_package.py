@@ -72,6 +72,15 @@ def test_binder_installs_what_make_install_installs():
     assert (ROOT / "binder" / "runtime.txt").read_text().strip() == "python-3.11"
 
 
+def test_ci_runs_only_what_the_readme_names():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    targets = re.findall(r"^make ([\w-]+)", ci, re.M)
+    assert targets[:2] == ["slurm-packages", "test"]
+    assert {"docs", "package-check", "binder-check"} <= set(targets)
+    assert [t for t in targets if f"make {t}" not in readme] == []
+
+
 def test_the_notebooks_in_the_docs_are_the_notebooks():
     linked = sorted(p.name for p in (ROOT / "docs" / "notebooks").glob("*.ipynb"))
     assert linked == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
