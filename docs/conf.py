@@ -86,6 +86,8 @@ html_theme_options = {
 }
 html_context = {"default_mode": "light"}
 html_show_sourcelink = False
+# Pages with no sub-pages: no empty "Section Navigation" column.
+html_sidebars = {"getting-started": [], "guides/design": [], "changelog": []}
 
 # sphinx-copybutton: copy the command, not the prompt or the output.
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
