@@ -70,7 +70,7 @@ def load_ipython_extension(ipython):
     """Register the ``%casa_*`` magics (``%load_ext casa_magics``). Starts no cluster.
 
     When the ``casa`` extra is installed, this kernel is also set up to
-    import CASA offline (see :func:`casa_magics.cluster.casa_env.prepare_client_process`).
+    import CASA offline (``casa_magics.cluster.casa_env.prepare_client_process``).
     """
     from casa_magics.cluster.casa_env import prepare_client_process
     from casa_magics.notebook.magics import load_ipython_extension as load

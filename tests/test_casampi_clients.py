@@ -123,7 +123,7 @@ def test_every_server_runs_jobs_and_each_job_noted_the_server_that_ran_it(parall
 
 
 def test_each_servers_casa_log_lines_carry_the_tag_casatools_gives_its_mpi_rank(parallel, serial):
-    """A known difference from casampi, kept as documented in the README.
+    """A known difference from casampi, kept as documented (docs: Scripts written for casampi).
 
     casatools' C++ tags a process's log lines ``MPIServer-<MPI rank>``. Under
     mpicasa a server's rank is its server ID; here the servers' world has no

@@ -241,7 +241,7 @@ def test_cpp_mpi_worker_start_is_not_sent_and_says_so(casampi, client, capsys):
     assert set(client.get_command_request_list()) == before
     assert capsys.readouterr().err == (
         "casa_magics: cube imaging runs serially in this process: CASA's C++ MPI cannot use these servers "
-        "(see 'Which CASA code runs in parallel' in the README)\n"
+        "(see 'Which CASA code runs in parallel' in casa_magics' documentation)\n"
     )
 
 

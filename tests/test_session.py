@@ -109,7 +109,7 @@ def ipcluster(tmp_path_factory):
     """A cluster started separately, as a user would: ipcluster start --engines=MPI."""
     ipython_dir = tmp_path_factory.mktemp("ipython")
     env = dict(os.environ, IPYTHONDIR=str(ipython_dir))
-    if os.geteuid() == 0:  # as the README says: Open MPI must be told it may run as root
+    if os.geteuid() == 0:  # as the docs say (Clusters): Open MPI must be told it may run as root
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     command = [sys.executable, "-m", "ipyparallel.cluster", "start", "--engines=MPI", "-n", "2", "--cluster-id=cmtest", "--ip=127.0.0.1"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

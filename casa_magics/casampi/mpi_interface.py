@@ -30,7 +30,7 @@ __all__ = ["MPIInterface", "MPIInterfaceCore", "CPP_MPI_NOTICE", "prompt_imager_
 #: that could not run as a gang on the servers); ``{why}`` says why not.
 CPP_MPI_NOTICE = (
     "casa_magics: cube imaging runs serially in this process: {why} "
-    "(see 'Which CASA code runs in parallel' in the README)"
+    "(see 'Which CASA code runs in parallel' in casa_magics' documentation)"
 )
 
 

@@ -89,7 +89,10 @@ class CommandClient:
         Parameters
         ----------
         level : str
-            One of :data:`CASA_LOG_LEVELS`.
+            One of casampi's CASA log priorities (``'DEBUG'``, ``'DEBUG1'``,
+            ``'DEBUG2'``, ``'NORMAL'``, ``'NORMAL1'`` to ``'NORMAL5'``, ``'INFO'``,
+            ``'INFO1'`` to ``'INFO5'``; ``CASA_LOG_LEVELS`` in this module), in
+            any case.
         """
         if not isinstance(level, str) or level.upper() not in CASA_LOG_LEVELS:
             raise CommandRequestError(f"unknown log level {short(level)}")

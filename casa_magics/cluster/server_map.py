@@ -90,7 +90,7 @@ class ServerMap:
     ----------
     identities : dict
         ``{engine_id: identity}`` where each identity is the dict returned by
-        :func:`casa_magics.server.runner.engine_identity` on that engine.
+        ``casa_magics.server.runner.engine_identity()`` on that engine.
 
     Notes
     -----
@@ -148,7 +148,7 @@ class ServerMap:
         return list(self._servers)
 
     def info(self, server: int) -> ServerInfo:
-        """The :class:`ServerInfo` of a server ID (KeyError if unknown)."""
+        """The :class:`~casa_magics.cluster.server_map.ServerInfo` of a server ID (KeyError if unknown)."""
         return self._servers[server]
 
     def engine_of(self, server: int) -> int:

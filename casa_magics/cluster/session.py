@@ -416,7 +416,7 @@ class ClusterSession:
         replace_lost : bool, optional
             Replace a lost server with a new one under the same server ID
             (default ``CASA_MAGICS_REPLACE_LOST``, else on; see
-            :mod:`casa_magics.cluster.replacement`). Not for Slurm jobs.
+            ``casa_magics.cluster.replacement``). Not for Slurm jobs.
         keep : bool, optional
             Start the cluster detached: it outlives this process, and a later
             one re-attaches with :meth:`ClusterSession.reattach`
@@ -732,7 +732,7 @@ class ClusterSession:
         """Why every server is gone at once (``"Slurm job 12 ended: CANCELLED"``), or None.
 
         Asked by the dispatcher's watchdog; Slurm is asked at most once per
-        :data:`casa_magics.cluster.slurm.WATCH_INTERVAL` unless ``fresh``.
+        ``casa_magics.cluster.slurm.WATCH_INTERVAL`` unless ``fresh``.
         """
         return None if self.slurm_job is None else self.slurm_job.ended_reason(fresh)
 

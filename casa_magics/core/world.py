@@ -303,7 +303,7 @@ class MPIEnvironment(metaclass=_MPIEnvironmentType):
     cluster up if none is running.
 
     While a server runs a task serially for the client's sake (see
-    :func:`serial_view`), it describes a serial CASA session instead
+    ``serial_view()`` in this module), it describes a serial CASA session instead
     (``is_mpi_enabled`` False), so casatasks starts no nested cluster.
     """
 

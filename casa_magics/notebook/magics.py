@@ -489,8 +489,8 @@ class CasaMagics(Magics):
          6       1  True        'a.cal'  0.00 s
 
         With ``--gang``, a cube ``tclean`` is imaged by all servers (one
-        request per server, the master's first; see the README's "Parallel
-        cube imaging"):
+        request per server, the master's first; see "Parallel cube imaging"
+        in the documentation):
 
         In [7]: cube = {'vis': 'ngc5921.ms', 'imagename': 'cube', 'specmode': 'cube'}
 
