@@ -120,7 +120,9 @@ _STYLE = """<style>
 .casa-live-totals{display:flex;gap:6px;margin-left:auto}
 .casa-live-total{border-radius:10px;padding:1px 8px;background:#eef1f4;color:#333;font-variant-numeric:tabular-nums}
 .casa-live-total.bad{background:#fde8e8;color:#b71c1c;font-weight:600}
-.casa-live table.casa-live-servers{border-collapse:collapse;width:100%;margin-bottom:6px;font-variant-numeric:tabular-nums}
+.casa-live table.casa-live-servers{border-collapse:collapse;width:100%;table-layout:fixed;margin-bottom:6px;
+ font-variant-numeric:tabular-nums}
+.casa-live-servers td,.casa-live-servers th{overflow:hidden;text-overflow:ellipsis}
 .casa-live-servers th{text-align:left;font-weight:600;color:var(--jp-ui-font-color2,#555);border-bottom:1px solid #ccd;
  padding:3px 8px}
 .casa-live-servers td{padding:3px 8px;border-bottom:1px solid #eef;vertical-align:middle;white-space:nowrap}
@@ -143,7 +145,7 @@ def _memory_cell(view: ServerView) -> str:
     if view.memory is None:
         return '<span class="casa-live-muted">–</span>'
     if not view.memory_limit:
-        return _escape(format_bytes(view.memory))
+        return f'{_escape(format_bytes(view.memory))} <span class="casa-live-muted">(no limit)</span>'
     fraction = min(view.memory / view.memory_limit, 1.0)
     colour = "#59a14f" if fraction < 0.7 else "#f28e2b" if fraction < 0.9 else FAILURE_COLOUR
     return (
@@ -173,10 +175,13 @@ def _server_rows(snapshot: Snapshot, colours: TaskColours) -> str:
         rows.append(
             f'<tr data-server="{view.server}" data-state="{_escape(view.state)}">'
             f'<td><b>{view.server}</b></td><td>{_escape(view.host)}{pid}</td><td class="casa-live-state">{state}</td>'
-            f'<td class="casa-live-running" style="white-space:normal">{running}</td><td>{elapsed}</td>'
+            f'<td class="casa-live-running">{running}</td><td>{elapsed}</td>'
             f"<td>{_memory_cell(view)}</td><td>{_escape(view.casa or '')}</td></tr>"
         )
-    head = "".join(f"<th>{name}</th>" for name in ("server", "host (pid)", "state", "running", "for", "memory", "CASA"))
+    widths = {"server": 52, "host (pid)": 130, "state": 130, "running": None, "for": 80, "memory": 200, "CASA": 100}
+    head = "".join(
+        f'<th style="width:{width}px">{name}</th>' if width else f"<th>{name}</th>" for name, width in widths.items()
+    )
     return f'<table class="casa-live-servers"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
