@@ -14,7 +14,9 @@ from casa_magics.client.activity import (
 from casa_magics.client.commands import compile_command
 from casa_magics.client.gang import WORKER_COMMAND
 from casa_magics.client.requests import CANCELLED, TIMEOUT
-from casa_magics.notebook.live_render import FAILURE_COLOUR, PALETTE, TaskColours, render_html, render_text
+from casa_magics.notebook.live_render import (
+    FAILURE_COLOUR, PALETTE, TaskColours, fitted_window, render_html, render_text,
+)
 
 from .support.request_book_helpers import book_with, outcome
 
@@ -150,3 +152,12 @@ def test_the_text_has_the_servers_the_totals_and_the_last_ended_requests():
     assert "done 1, failed 1, cancelled 1, running 1, queued 2" in text
     assert "import time; time.sleep(5) (#9)" in text
     assert "#6 server 2 flagdata · sub-MS 0001: failed, 50.0 s" in text
+
+
+def test_a_last_state_can_narrow_the_stream_to_its_bars():
+    shown = snapshot()
+    assert fitted_window(shown) == 180.0  # a bar from 900 s ago: the whole window
+    recent = Snapshot(shown.now, shown.servers, shown.spans[-1:], shown.totals, 180.0)
+    assert fitted_window(recent) == 10.0  # 3 s of activity: the least
+    ticks = re.findall(r">(−[^<]+|now)</text>", render_html(recent, fit=True))
+    assert ticks[0] == "now" and "−10 s" in ticks and "−1 min" not in ticks

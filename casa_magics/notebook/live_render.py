@@ -25,7 +25,7 @@ from casa_magics.client.activity import (
 from casa_magics.core.tables import text_table
 from casa_magics.core.units import format_bytes
 
-__all__ = ["TaskColours", "render_html", "render_text", "span_title", "PALETTE", "FAILURE_COLOUR"]
+__all__ = ["TaskColours", "render_html", "render_text", "span_title", "fitted_window", "PALETTE", "FAILURE_COLOUR"]
 
 #: Colours of tasks, in the order tasks first appear (colour-blind-friendly Tableau 10, without its red).
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac")
@@ -121,7 +121,7 @@ _STYLE = """<style>
 .casa-live-total{border-radius:10px;padding:1px 8px;background:#eef1f4;color:#333;font-variant-numeric:tabular-nums}
 .casa-live-total.bad{background:#fde8e8;color:#b71c1c;font-weight:600}
 .casa-live table.casa-live-servers{border-collapse:collapse;width:100%;table-layout:fixed;margin-bottom:6px;
- font-variant-numeric:tabular-nums}
+ font-size:inherit;color:inherit;font-variant-numeric:tabular-nums}
 .casa-live-servers td,.casa-live-servers th{overflow:hidden;text-overflow:ellipsis}
 .casa-live-servers th{text-align:left;font-weight:600;color:var(--jp-ui-font-color2,#555);border-bottom:1px solid #ccd;
  padding:3px 8px}
@@ -178,7 +178,7 @@ def _server_rows(snapshot: Snapshot, colours: TaskColours) -> str:
             f'<td class="casa-live-running">{running}</td><td>{elapsed}</td>'
             f"<td>{_memory_cell(view)}</td><td>{_escape(view.casa or '')}</td></tr>"
         )
-    widths = {"server": 52, "host (pid)": 130, "state": 130, "running": None, "for": 80, "memory": 200, "CASA": 100}
+    widths = {"server": 60, "host (pid)": 130, "state": 130, "running": None, "for": 80, "memory": 200, "CASA": 100}
     head = "".join(
         f'<th style="width:{width}px">{name}</th>' if width else f"<th>{name}</th>" for name, width in widths.items()
     )
@@ -186,7 +186,7 @@ def _server_rows(snapshot: Snapshot, colours: TaskColours) -> str:
 
 
 def _tick_step(window: float) -> float:
-    for step in (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800):
+    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800):
         if window / step <= 8:
             return step
     return 3600
@@ -239,11 +239,20 @@ def _bar(span: Span, x0: float, x1: float, y: float, colour: str, now: float) ->
     return "".join(parts)
 
 
-def _task_stream(snapshot: Snapshot, colours: TaskColours) -> str:
+def fitted_window(snapshot: Snapshot, least: float = 10.0) -> float:
+    """The seconds that hold every bar of ``snapshot`` with a margin (at least ``least``, at most its window)."""
+    if not snapshot.spans:
+        return snapshot.window
+    extent = snapshot.now - min(span.start for span in snapshot.spans)
+    return min(max(extent * 1.05, least), snapshot.window)
+
+
+def _task_stream(snapshot: Snapshot, colours: TaskColours, fit: bool) -> str:
     servers = [view.server for view in snapshot.servers]
     rows = {server: index for index, server in enumerate(servers)}
     height = _AXIS + _ROW * max(len(servers), 1) + 6
-    start, window, now = snapshot.now - snapshot.window, snapshot.window, snapshot.now
+    window, now = (fitted_window(snapshot) if fit else snapshot.window), snapshot.now
+    start = now - window
     plot = _WIDTH - _LEFT - _RIGHT
 
     def x(t: float) -> float:
@@ -304,7 +313,7 @@ def _legend(snapshot: Snapshot, colours: TaskColours) -> str:
     return f'<div class="casa-live-legend">{"".join(items)}</div>'
 
 
-def render_html(snapshot: Snapshot, colours: TaskColours | None = None, note: str = "") -> str:
+def render_html(snapshot: Snapshot, colours: TaskColours | None = None, note: str = "", fit: bool = False) -> str:
     """The live view as HTML: a header with the totals, a row per server, the task stream.
 
     Parameters
@@ -315,6 +324,9 @@ def render_html(snapshot: Snapshot, colours: TaskColours | None = None, note: st
         The tasks' colours (a view keeps one, so colours stay put); default: a new one.
     note : str
         Added to the header (e.g. that this is a snapshot, not live).
+    fit : bool
+        Narrow the task stream to its bars (:func:`fitted_window`), for a
+        last state that no longer scrolls.
 
     Returns
     -------
@@ -334,7 +346,7 @@ def render_html(snapshot: Snapshot, colours: TaskColours | None = None, note: st
         f'{_STYLE}<div class="casa-live" data-stopped="{str(snapshot.stopped).lower()}">'
         f'<div class="casa-live-head"><span class="casa-live-title">CASA servers</span>'
         f'<span class="casa-live-sub">{_escape(sub)}</span><span class="casa-live-totals">{totals}</span></div>'
-        f"{_server_rows(snapshot, colours)}{_task_stream(snapshot, colours)}{_legend(snapshot, colours)}</div>"
+        f"{_server_rows(snapshot, colours)}{_task_stream(snapshot, colours, fit)}{_legend(snapshot, colours)}</div>"
     )
 
 

@@ -125,7 +125,7 @@ class LiveView:
     @property
     def html(self) -> str:
         """What the view shows now, as HTML."""
-        return render_html(self.snapshot, self._colours, self._note())
+        return render_html(self.snapshot, self._colours, self._note(), fit=self._closed or self.snapshot.stopped)
 
     @property
     def text(self) -> str:
@@ -155,7 +155,7 @@ class LiveView:
                     break
                 self.snapshot = snapshot
                 self.draws += 1
-                self._html.value = render_html(snapshot, self._colours, self._note())
+                self._html.value = self.html
             if snapshot.stopped:
                 break
 
