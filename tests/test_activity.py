@@ -161,3 +161,50 @@ def test_a_last_state_can_narrow_the_stream_to_its_bars():
     assert fitted_window(recent) == 10.0  # 3 s of activity: the least
     ticks = re.findall(r">(−[^<]+|now)</text>", render_html(recent, fit=True))
     assert ticks[0] == "now" and "−10 s" in ticks and "−1 min" not in ticks
+
+
+# ------------------------------------------------------------------ a server's state
+def record(number: int = 1):
+    from casa_magics.client.server_record import ServerRecord
+    from casa_magics.cluster.server_map import ServerInfo
+
+    return ServerRecord(ServerInfo(number, number - 1, number - 1, "node7", 1000 + number), view=None)
+
+
+def test_a_server_is_idle_busy_with_its_queue_not_answering_lost_or_replacing():
+    from casa_magics.client.activity import server_view
+    from casa_magics.client.server_record import Loss, Message, Replacement
+
+    server = record()
+    assert (server_view(server, 50.0).state, server_view(server, 50.0).running) == ("idle", None)
+    _, requests = book_with(4)
+    server.in_flight.append(Message(requests[:2]))
+    server.waiting.append(requests[2])
+    server.head_since = 40.0
+    busy = server_view(server, 50.0)
+    assert (busy.state, busy.queued, busy.running.request, busy.running.start) == ("busy", 2, requests[0].id, 40.0)
+    assert busy.host == "node7" and busy.running.outcome == RUNNING
+    server.timed_out = True
+    assert server_view(server, 50.0).state == "not answering"
+    server.loss = Loss("its process is gone", Replacement.STARTING)
+    replacing = server_view(server, 50.0)
+    assert (replacing.state, replacing.running) == ("replacing", None)
+    assert replacing.lost == "its process is gone; a replacement is starting"
+    server.loss.refuse("no replacements for connected clusters")
+    assert server_view(server, 50.0).state == "lost"
+
+
+def test_a_snapshot_notes_what_runs_so_that_a_bar_survives_a_lost_server():
+    from casa_magics.client.server_record import Message
+
+    log, server = ActivityLog(), record(2)
+    _, (request,) = book_with(1, target=2)
+    server.in_flight.append(Message([request]))
+    server.head_since = time.time() - 5
+    shown = log.snapshot({2: server}, holding=3, now=time.time(), window=60.0)
+    assert shown.totals == Totals(running=1, queued=3)
+    assert [s.outcome for s in shown.spans] == [RUNNING]
+    request.record_failure(TIMEOUT, "Timeout: server 2 was lost")
+    log.ended([request], now=time.time())
+    (span,) = log.spans(since=0.0)
+    assert (span.server, span.start, span.outcome) == (2, server.head_since, TIMED_OUT)
