@@ -198,7 +198,7 @@ class LiveView:
             self._closed = True
             if self._html is not None:
                 self._html.value = self.html
-        if self._display is not None:
+        if self._display is not None and self._thread is not None:  # a snapshot shown once stays as it was
             self._display.update(self._bundle(widget=False), raw=True)
         if self._box is not None:
             for child in self._box.children:
