@@ -178,9 +178,10 @@ def _server_rows(snapshot: Snapshot, colours: TaskColours) -> str:
             f'<td class="casa-live-running">{running}</td><td>{elapsed}</td>'
             f"<td>{_memory_cell(view)}</td><td>{_escape(view.casa or '')}</td></tr>"
         )
-    widths = {"server": 60, "host (pid)": 130, "state": 130, "running": None, "for": 80, "memory": 200, "CASA": 100}
+    # Shares of the width: the running command takes what is left (about a third).
+    widths = {"server": 7, "host (pid)": 14, "state": 14, "running": None, "for": 8, "memory": 18, "CASA": 10}
     head = "".join(
-        f'<th style="width:{width}px">{name}</th>' if width else f"<th>{name}</th>" for name, width in widths.items()
+        f'<th style="width:{width}%">{name}</th>' if width else f"<th>{name}</th>" for name, width in widths.items()
     )
     return f'<table class="casa-live-servers"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
