@@ -14,7 +14,7 @@ OTHER_MPI := $(if $(filter mpich,$(MPI)),openmpi,mpich)
 
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install demo test docs package-check binder-check bench bench-casa bench-scaling bench-multinode slurm-packages clean
+.PHONY: install demo test docs package-check binder-check bench bench-casa bench-scaling bench-multinode slurm-packages browser-packages clean
 
 install: $(VENV)/.installed-$(MPI)
 
@@ -90,6 +90,14 @@ slurm-packages:
 	@test "$$(id -u)" = 0 || { echo "make slurm-packages must run as root (it uses apt-get)"; exit 1; }
 	dpkg -s $(SLURM_PACKAGES) >/dev/null 2>&1 || { apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y $(SLURM_PACKAGES); }
+
+# Debian's Chromium and its WebDriver, for the live view's browser test (tests/test_live_view_browser.py,
+# skipped without them; browsers cannot be downloaded by pip or Playwright here). As root, like slurm-packages.
+BROWSER_PACKAGES := chromium chromium-driver
+browser-packages:
+	@test "$$(id -u)" = 0 || { echo "make browser-packages must run as root (it uses apt-get)"; exit 1; }
+	dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1 || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); }
 
 # The benchmarks: dispatch speed, start-up, casatasks' parallel tasks, a cube (about 20 minutes
 # on 2 cores); BENCH_CASA_ARGS and BENCH_CUBE_ARGS as for bench-casa.

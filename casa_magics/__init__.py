@@ -41,6 +41,7 @@ _PUBLIC = {
     "disable_casampi": "casampi.layer",
     "casampi_enabled": "casampi.layer",
     "ServerMap": "cluster.server_map",
+    "live_view": "notebook.live_view",
 }
 
 __all__ = [*_PUBLIC, "load_ipython_extension", "unload_ipython_extension", "__version__"]

@@ -392,7 +392,9 @@ def test_casatasks_sub_ms_jobs_on_three_nodes_give_the_serial_results(nodes, cas
     for task in ("partition", "flagdata", "setjy", "applycal", "split"):
         jobs = [r for r in requests if r["command"] == f"{task}()" and (task == "partition" or r["vis"].startswith("nodes.mms."))]
         runs = 2 if task == "flagdata" else 1  # flagdata: manual, then summary
-        assert len(jobs) == runs * NODES and all(job["successful"] for job in jobs), (task, jobs)
+        assert len(jobs) == runs * NODES, (task, jobs)
+        print(task, [(job["vis"], job["host"], job["successful"], job["error"]) for job in jobs])
+        assert all(job["successful"] for job in jobs), (task, [job["error"] for job in jobs])
         if task != "partition":
             assert sorted({job["vis"] for job in jobs}) == [f"nodes.mms.{k:04d}.ms" for k in range(NODES)], (task, jobs)
         assert len({job["host"] for job in jobs}) >= 2, (task, jobs)  # sub-MS jobs on servers of different nodes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from casa_magics.cluster import session as _session
 from casa_magics.cluster.casa_env import require_casa
@@ -369,6 +369,15 @@ class CommandClient:
         return self._services().server_status()
 
     # ---------------------------------------------------------------- extras
+    def activity_source(self) -> Callable[[float], Any]:
+        """What the live view reads: a function of a window (seconds) returning a :class:`~casa_magics.client.activity.Snapshot`. (Not in casampi.)
+
+        Bound to the cluster running now (started if none is): once that
+        cluster stops, its snapshots say ``stopped`` for good. Reading one
+        sends nothing to the servers.
+        """
+        return self._services().activity_snapshot
+
     def abort_command_request(self, command_request_id_list: int | list) -> dict[int, str]:
         """Cancel requests: queued ones are dropped, running ones interrupted.
 

@@ -32,11 +32,13 @@ servers are alive.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
 from typing import Any
 
+from casa_magics.client.activity import Snapshot
 from casa_magics.client.cancelling import CancelBoards, cancel_requests, masters_for_workers
 from casa_magics.client.commands import CompiledCommand
 from casa_magics.client.gang_supervision import GANG_GRACE, GangSupervisor
@@ -389,6 +391,29 @@ class Dispatcher:
             infos = {server_id: server.info for server_id, server in self._servers.items()}
         add_machine_figures(status, infos, self.session)  # files and /proc, without the lock
         return status
+
+    def activity_snapshot(self, window: float) -> Snapshot:
+        """What the live view draws now: each server, the task stream of the last ``window`` seconds, the totals.
+
+        Read from what the client knows (its records, the answers so far,
+        the servers' memory in ``/proc`` and CASA state files): nothing is
+        sent to the servers.
+
+        Parameters
+        ----------
+        window : float
+            Seconds of the task stream.
+        """
+        with self._lock:
+            snapshot = self._book.activity.snapshot(self._servers, len(self._holding), time.time(), window)
+            infos = {server_id: server.info for server_id, server in self._servers.items()}
+        figures: dict[int, dict] = {server_id: {} for server_id in infos}
+        add_machine_figures(figures, infos, self.session)  # files and /proc, without the lock
+        snapshot = dataclasses.replace(
+            snapshot.with_machine_figures(figures), cluster=self.session.description,
+            stopped=self.closed or self.session.stopped,
+        )
+        return snapshot
 
     @property
     def holding(self) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Iterable
 
+from casa_magics.client.activity import ActivityLog
 from casa_magics.client.commands import CompiledCommand
 from casa_magics.client.requests import CANCELLED, RECEIVED, Request
 from casa_magics.cluster.server_map import ServerInfo
@@ -79,6 +81,8 @@ class RequestBook:
         self.settled: set[int] = set()
         #: Sent requests the client asked to cancel: an unsuccessful answer means cancelled.
         self.cancel_asked: set[int] = set()
+        #: Every ended request passes :meth:`notify`: its span and the totals, for the live view.
+        self.activity = ActivityLog()
 
     # ------------------------------------------------------------- requests
     def new(
@@ -189,8 +193,10 @@ class RequestBook:
         Parameters
         ----------
         finished_ids : list of int
-            Requests that just got their response.
+            Requests that just got their response (recorded in :attr:`activity` too).
         """
+        if finished_ids:
+            self.activity.ended([self.requests[i] for i in finished_ids if i in self.requests], time.time())
         if not finished_ids or not self._waiters:
             return
         still = []

@@ -39,6 +39,7 @@ from casa_magics.client.client import MPICommandClient
 from casa_magics.core.checks import short
 from casa_magics.client.commands import compile_command
 from casa_magics.notebook.display import ResponseList, ServerStatus, echo_streams, text_table
+from casa_magics.notebook.live_view import WINDOW, LiveView, live_view
 from casa_magics.core.config import load_settings
 from casa_magics.client.dispatcher import flatten_request_ids
 from casa_magics.core.errors import ClusterError, CommandRequestError, SettingError
@@ -573,13 +574,22 @@ class CasaMagics(Magics):
 
     # ------------------------------------------------------------ status
     @magic_arguments()
+    @argument("--live", action="store_true", help="a view that updates itself about twice a second (servers, "
+              "a task stream, totals) until closed or the cluster stops; see casa_magics.live_view()")
+    @argument("--window", type=_seconds, metavar="S", help="--live: seconds of the task stream (default 180)")
     @line_magic
-    def casa_status(self, line: str) -> ServerStatus:
+    def casa_status(self, line: str) -> ServerStatus | LiveView:
         """Show what every server is doing, like ``client.get_server_status``.
 
         Returns the status dict keyed by server ID (shown as a table: server,
         engine, host, pid, busy, current command, running for, queued
         requests, state). Starts no cluster.
+
+        With ``--live``, a view that updates itself in place, also while
+        other cells run (see :func:`casa_magics.live_view`): each server's
+        state, running command, memory and CASA state, a task stream of the
+        last ``--window`` seconds, and the totals. Without a widget front end
+        it shows the state once.
 
         Examples
         --------
@@ -592,8 +602,14 @@ class CasaMagics(Magics):
              1       0  vm    15447  yes   import time; time.sleep(2)  0.4 s             1  ok
              2       1  vm    15446  no                                                  0  ok
         """
-        parse_argstring(self.casa_status, line)
-        return ServerStatus(self._client().get_server_status())
+        args = parse_argstring(self.casa_status, line)
+        if args.window is not None and not args.live:
+            raise UsageError("--window applies only to %casa_status --live")
+        client = self._client()
+        if args.live:
+            with _usage_errors():
+                return live_view(client, window=WINDOW if args.window is None else args.window)
+        return ServerStatus(client.get_server_status())
 
     # ------------------------------------------------------------ abort
     @magic_arguments()

@@ -44,7 +44,7 @@ def main(workdir: str, controller_ip: str, nodes: int, out: str) -> None:
         os.chdir(workdir)
         client = MPICommandClient()
         before = set(client.get_command_request_list())
-        casatasks.partition(vis=pipeline.BASE_MS, outputvis=MMS, createmms=True, separationaxis="baseline", numsubms=nodes)
+        casatasks.partition(vis=pipeline.BASE_MS, outputvis=MMS, createmms=True, separationaxis="scan", numsubms=nodes)
         results = pipeline.calibrate(casatasks, MMS, pipeline.GAIN_TABLE, make_gain_table=False)
         casatasks.split(vis=MMS, outputvis="nodes_split.mms", keepmms=True, **pipeline.SPLIT)
         casatasks.tclean(vis=MMS, imagename="nodes_mfs", parallel=True, **pipeline.MFS)
@@ -55,6 +55,7 @@ def main(workdir: str, controller_ip: str, nodes: int, out: str) -> None:
                 "server": r["server"],
                 "host": hosts[r["server"]],
                 "successful": r["successful"],
+                "error": (r["traceback"] or "").strip().splitlines()[-1:] if not r["successful"] else [],
             }
             for i, r in sorted(client.get_command_request_list().items())
             if i not in before
