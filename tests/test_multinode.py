@@ -394,12 +394,17 @@ def test_casatasks_sub_ms_jobs_on_three_nodes_give_the_serial_results(nodes, cas
         runs = 2 if task == "flagdata" else 1  # flagdata: manual, then summary
         assert len(jobs) == runs * NODES, (task, jobs)
         print(task, [(job["vis"], job["host"], job["successful"], job["error"]) for job in jobs])
-        assert all(job["successful"] for job in jobs), (task, [job["error"] for job in jobs])
+        # A sub-MS without the selected data fails its job as casatasks reports it (casampi's servers too);
+        # the task's result comes from the others. Nothing else may fail.
+        empty = ["RuntimeError: MSSelectionNullSelection : The selected table has zero rows."]
+        assert all(job["successful"] or job["error"] == empty for job in jobs), (task, [job["error"] for job in jobs])
+        assert sum(job["successful"] for job in jobs) >= 2, (task, jobs)
         if task != "partition":
             assert sorted({job["vis"] for job in jobs}) == [f"nodes.mms.{k:04d}.ms" for k in range(NODES)], (task, jobs)
         assert len({job["host"] for job in jobs}) >= 2, (task, jobs)  # sub-MS jobs on servers of different nodes
     gridding = [r for r in requests if "executemajorcycle" in r["command"]]
     assert gridding and all(r["successful"] for r in gridding) and len({r["host"] for r in gridding}) >= 2, gridding
+    print("gridding", [(r["vis"], r["host"]) for r in gridding])
     serial = pipeline.serial_results(casa_reference)
     assert result["flag_summary"] == serial["flag_summary"]
     assert result["setjy"] == serial["setjy"]

@@ -48,7 +48,7 @@ from casa_magics.client.queue_policy import (
 from casa_magics.client.request_book import RequestBook, flatten_request_ids
 from casa_magics.client.requests import CANCELLED, TIMEOUT, Request, pack_parameters
 from casa_magics.client.server_record import Loss, Message, Replacement, ServerRecord
-from casa_magics.client.server_status import add_machine_figures, status_rows
+from casa_magics.client.server_status import RemoteReports, add_machine_figures, status_rows
 from casa_magics.client.transport import read_answer, send
 from casa_magics.client.waiting import wait_interactive
 from casa_magics.client.watchdog import Sweep, Watchdog, judge_silence
@@ -83,6 +83,7 @@ class Dispatcher:
         client = session.client
         self._servers = {info.server: ServerRecord(info, client[info.engine]) for info in session.servers}
         self._boards = CancelBoards(session.run_dir, client)
+        self._reports = RemoteReports()  # servers on other hosts, asked at most about once a second
         self._gangs = GangSupervisor(self._servers, self._book, self._boards)
         self._closed = threading.Event()
         self._watchdog = Watchdog(self.check_servers, min(1.0, server_timeout / 4), self._closed)
@@ -389,15 +390,16 @@ class Dispatcher:
         with self._lock:
             status = status_rows(self._servers, self.session, time.time())
             infos = {server_id: server.info for server_id, server in self._servers.items()}
-        add_machine_figures(status, infos, self.session)  # files and /proc, without the lock
+        add_machine_figures(status, infos, self.session, self._reports)  # without the lock
         return status
 
     def activity_snapshot(self, window: float) -> Snapshot:
         """What the live view draws now: each server, the task stream of the last ``window`` seconds, the totals.
 
         Read from what the client knows (its records, the answers so far,
-        the servers' memory in ``/proc`` and CASA state files): nothing is
-        sent to the servers.
+        the servers' memory in ``/proc`` and CASA state files); servers on
+        other hosts report their memory and CASA state themselves, asked at
+        most about once a second (see :class:`RemoteReports`).
 
         Parameters
         ----------
@@ -407,8 +409,10 @@ class Dispatcher:
         with self._lock:
             snapshot = self._book.activity.snapshot(self._servers, len(self._holding), time.time(), window)
             infos = {server_id: server.info for server_id, server in self._servers.items()}
-        figures: dict[int, dict] = {server_id: {} for server_id in infos}
-        add_machine_figures(figures, infos, self.session)  # files and /proc, without the lock
+        # Lost and not-answering servers are not asked for figures.
+        figures: dict[int, dict] = {view.server: {"lost": view.lost or view.state == "not answering"}
+                                    for view in snapshot.servers}
+        add_machine_figures(figures, infos, self.session, self._reports)  # without the lock
         snapshot = dataclasses.replace(
             snapshot.with_machine_figures(figures), cluster=self.session.description,
             stopped=self.closed or self.session.stopped,

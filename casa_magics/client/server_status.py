@@ -12,6 +12,8 @@ host, the servers' own reports for the others) without it
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Mapping
 
 from casa_magics.client.server_record import ServerRecord
@@ -19,7 +21,7 @@ from casa_magics.cluster.logs import server_log_path
 from casa_magics.cluster.control_channel import ask_reports
 from casa_magics.cluster.memory_limit import available_memory, memory_figures
 
-__all__ = ["status_row", "status_rows", "add_machine_figures", "REPORT_TIMEOUT"]
+__all__ = ["status_row", "status_rows", "add_machine_figures", "RemoteReports", "REPORT_TIMEOUT"]
 
 #: Seconds a status waits for the reports of servers on other hosts.
 REPORT_TIMEOUT = 2.0
@@ -74,7 +76,49 @@ def status_rows(servers: Mapping[int, ServerRecord], session: Any, now: float) -
     }
 
 
-def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, Any], session: Any) -> dict[int, dict[str, Any]]:
+class RemoteReports:
+    """The latest reports of servers on other hosts, asked at most once per ``max_age`` seconds.
+
+    The live view draws twice a second and a status may be asked in a loop:
+    this keeps the control messages to a server at about one a second (the
+    watchdog's pace), however often the figures are read.
+
+    Parameters
+    ----------
+    max_age : float
+        Seconds a report is used before the server is asked again.
+    """
+
+    def __init__(self, max_age: float = 1.0) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._reports: dict[int, tuple[float, int, dict | str]] = {}  # server -> (when, engine, report)
+
+    def get(self, client: Any, engines: Mapping[int, int]) -> dict[int, dict | str]:
+        """Each server's report (see :func:`~casa_magics.cluster.control_channel.ask_reports`), fresh enough.
+
+        Parameters
+        ----------
+        client : ipyparallel.Client
+            The session's client.
+        engines : mapping
+            Server ID -> its engine ID now (a replaced server is asked afresh).
+        """
+        now = time.monotonic()
+        with self._lock:
+            kept = {server: entry for server, entry in self._reports.items()
+                    if server in engines and entry[1] == engines[server] and now - entry[0] < self.max_age}
+            stale = {server: engine for server, engine in engines.items() if server not in kept}
+            if stale:
+                for server, report in ask_reports(client, stale, REPORT_TIMEOUT).items():
+                    kept[server] = (time.monotonic(), stale[server], report)
+            self._reports = kept
+            return {server: entry[2] for server, entry in kept.items()}
+
+
+def add_machine_figures(
+    status: dict[int, dict[str, Any]], infos: Mapping[int, Any], session: Any, reports: RemoteReports | None = None
+) -> dict[int, dict[str, Any]]:
     """Add each server's CASA state and memory figures to its status (no lock held).
 
     A server on this host is read from outside (its process in ``/proc``,
@@ -87,11 +131,13 @@ def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, A
     Parameters
     ----------
     status : dict
-        From :func:`status_rows`; changed in place.
+        Server ID -> its status so far (e.g. from :func:`status_rows`); changed in place.
     infos : mapping
         Server ID -> ServerInfo, taken with the status.
     session : ClusterSession
         The session (its client, memory limit, its servers' CASA state).
+    reports : RemoteReports, optional
+        Where recent reports are kept (default: ask afresh).
 
     Returns
     -------
@@ -106,9 +152,14 @@ def add_machine_figures(status: dict[int, dict[str, Any]], infos: Mapping[int, A
             status[server_id].update(memory_figures(info, limit, available))
         else:
             status[server_id].update(casa=None, memory=None, memory_limit=limit, available_memory=None)
-            if not (status[server_id]["lost"] or status[server_id]["timeout"]):
+            if not (status[server_id].get("lost") or status[server_id].get("timeout")):
                 remote[server_id] = info.engine
-    for server_id, report in (ask_reports(session.client, remote, REPORT_TIMEOUT) if remote else {}).items():
+    if remote:
+        answers = reports.get(session.client, remote) if reports is not None else ask_reports(
+            session.client, remote, REPORT_TIMEOUT)
+    else:
+        answers = {}
+    for server_id, report in answers.items():
         if isinstance(report, str):
             status[server_id]["casa"] = f"unknown: {report}"
             continue
