@@ -130,9 +130,8 @@ def _start_settings(
     settings = settings or load_settings()
     if memory_limit is not None:
         settings = _with_memory_limit(settings, memory_limit)
+    # A kept Slurm cluster lives until it is stopped (which cancels its job) or its time limit.
     keep = settings.keep_cluster if keep is None else keep
-    if keep and scheduler is not None:
-        raise ClusterError("keep=True does not apply to scheduler='slurm': the Slurm job ends with its time limit")
     return settings, keep
 
 
