@@ -98,6 +98,7 @@ def main() -> None:
     figures = []
     try:
         slurm.start(timeout=120)
+        os.environ["SLURM_CONF"] = str(slurm.conf)  # sbatch, scontrol and squeue of this process ask these nodes
         for servers in args.servers:
             for nodes in (NODES, 1):
                 runs = [measure(slurm, servers, nodes, args.trips) for _ in range(args.rounds)]
