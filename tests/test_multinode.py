@@ -178,6 +178,19 @@ def test_untargeted_requests_are_answered_by_servers_on_every_node(spread):
     assert {response["ret"][1] for response in responses} == set(NODE_NAMES), responses
 
 
+def describe(pids: list[int]) -> list[str]:
+    """Each process as ``pid: command line`` (for failure messages)."""
+    import psutil
+
+    described = []
+    for pid in pids:
+        try:
+            described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:160]}")
+        except psutil.Error:
+            pass
+    return described
+
+
 def running_on(session, server: int) -> int:
     """The request ``server`` says it runs now (0: none), asked through its engine's control channel."""
     report = ask_reports(session.client, {server: session.servers.info(server).engine})[server]
@@ -453,7 +466,7 @@ def test_a_detached_cluster_on_three_nodes_is_reattached_and_stopped_with_its_jo
                             capture_output=True, text=True, timeout=3 * WAIT, check=False)
     assert kernel.returncode == 0, kernel.stderr[-3000:]
     left = json.loads(kernel.stdout.strip().splitlines()[-1])
-    assert nodes.jobs() != []  # the kernel is gone; its job is not
+    assert left["job"] in nodes.jobs()  # the kernel is gone; its job is not
     session = ClusterSession.reattach()
     try:
         assert session.servers.rows() == left["servers"]
@@ -468,7 +481,6 @@ def test_a_detached_cluster_on_three_nodes_is_reattached_and_stopped_with_its_jo
         client.stop_services()
     finally:
         session.stop()
-    assert nodes.jobs() == []  # stopping the re-attached cluster cancelled its job
-    for name in NODE_NAMES:
-        wait_until(lambda name=name: nodes.namespace_pids(name) == [nodes.slurmd_pid(name)], WAIT,
-                   f"nothing but slurmd left on {name}")
+    assert left["job"] not in nodes.jobs()  # stopping the re-attached cluster cancelled its job
+    wait_until(lambda: job_processes(nodes, left["job"]) == [], WAIT,
+               f"no process of Slurm job {left['job']} left: {describe(job_processes(nodes, left['job']))}")

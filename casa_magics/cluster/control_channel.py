@@ -54,6 +54,9 @@ def _answer(kernel: Any, stream: Any, ident: Any, parent: dict, reply_type: str,
     except Exception as error:  # the client gets one line, the engine goes on
         content = {"status": "error", "ename": type(error).__name__, "evalue": str(error), "traceback": []}
     kernel.session.send(stream, reply_type, content, parent, ident)
+    # Out now, from this (the control) thread: the kernel flushes its control stream only after
+    # flushing stdout and stderr, which may wait on the IOPub thread while a command prints.
+    stream.flush()
 
 
 def install_control_handlers() -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -773,6 +774,7 @@ class ClusterSession:
             except Exception as error:  # engines may be gone already
                 log.debug("engine shutdown request: %s", error)
             self._wait_for_engines_to_exit(grace=5.0)
+            self._wait_for_remote_engines_to_unregister(grace=5.0)
         try:
             self.client.close()
         except Exception as error:  # closing is best effort; stopping is what matters
@@ -798,6 +800,19 @@ class ClusterSession:
         for process in alive:
             process.kill()
         psutil.wait_procs(alive, timeout=5)
+
+    def _wait_for_remote_engines_to_unregister(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds until the engines on other hosts have unregistered.
+
+        Each such engine's nanny tells the controller when its engine has
+        exited; with the controller stopped first, a nanny could wait forever
+        to deliver that and outlive its job. (Engines on this host were
+        waited for, by process.)
+        """
+        remote = {info.engine for info in self.servers if not info.on_this_host}
+        deadline = time.monotonic() + grace
+        while remote & set(self.client.ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
