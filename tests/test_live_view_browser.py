@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -195,7 +196,7 @@ def test_the_live_view_in_jupyterlab_follows_a_task_on_server_1(jupyterlab, chro
             "return document.querySelector('.casa-live g.casa-live-bar[data-outcome=\"done\"] title').textContent"
         )
         assert tooltip.startswith("request ") and "time.sleep(5)" in tooltip and "done" in tooltip
-        assert "(5." in tooltip  # it ran about 5 s
+        assert re.search(r"\(\d+\.\d s\)", tooltip), tooltip  # how long it ran, shown (not asserted: timing)
         assert driver.execute_script(
             "return document.querySelector('.casa-live [data-total=\"done\"] b').textContent"
         ) != "0"

@@ -27,13 +27,14 @@ import concurrent.futures
 import time
 from typing import Any, Callable, Mapping
 
-from casa_magics.server.runner import cancel_here, server_report
+from casa_magics.server.runner import cancel_here, prepare_engine, server_report
 
 __all__ = [
     "CANCEL_REQUEST",
     "STATUS_REQUEST",
     "REPLY_TIMEOUT",
     "install_control_handlers",
+    "prepare_server",
     "RemoteBoard",
     "ask_reports",
 ]
@@ -81,6 +82,14 @@ def install_control_handlers() -> None:
     kernel.control_handlers[STATUS_REQUEST] = lambda stream, ident, parent: _answer(
         kernel, stream, ident, parent, "casa_status_reply", report
     )
+
+
+def prepare_server(server_id: int, run_dir: str, environment: dict[str, str], server_count: int) -> None:
+    """Prepare an engine as a server (:func:`~casa_magics.server.runner.prepare_engine`) and make it
+    answer the control requests above: one call per engine when a session starts or replaces one.
+    """
+    prepare_engine(server_id, run_dir, environment, server_count)
+    install_control_handlers()
 
 
 def _send(client: Any, engine: int, msg_type: str, content: dict) -> concurrent.futures.Future:

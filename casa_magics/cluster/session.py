@@ -44,14 +44,13 @@ from casa_magics.cluster.run_dir import default_run_dir, keep_run_dir
 from casa_magics.cluster.slurm import SlurmJob
 from casa_magics.cluster.slurm_launch import Placement, place_servers
 from casa_magics.cluster.registration import LauncherWatch, Outcome, wait_for_engines
-from casa_magics.cluster.control_channel import install_control_handlers
+from casa_magics.cluster.control_channel import prepare_server
 from casa_magics.cluster.server_map import ServerInfo, ServerMap
 from casa_magics.server.runner import (
     SERVER_ROLE,
     casa_import_state_path,
     engine_identity,
     join_casa_import,
-    prepare_engine,
     server_report,
     set_command_log_level,
     start_casa_import,
@@ -615,14 +614,13 @@ class ClusterSession:
         environment = casa_env.casa_environment(self.run_dir)
         pending = [
             self.client[info.engine].apply_async(
-                prepare_engine, info.server, str(self.run_dir), environment, len(self.servers)
+                prepare_server, info.server, str(self.run_dir), environment, len(self.servers)
             )
             for info in self.servers
             if servers is None or info.server in servers
         ]
         for result in pending:
             result.get(timeout=self.settings.start_timeout)
-        self.run_on_servers(install_control_handlers, servers=servers)  # how a client on another host reaches them
         self.run_on_servers(start_memory_watch, self.memory_limit, servers=servers)
         for setup in list(_server_setups):
             setup(self, servers)

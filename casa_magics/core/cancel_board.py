@@ -26,6 +26,7 @@ import mmap
 import os
 import signal
 import struct
+import threading
 from pathlib import Path
 
 __all__ = ["CancelBoard", "board_path"]
@@ -90,20 +91,35 @@ class CancelBoard:
         _ID.pack_into(self._map, _HEADER.size + (count % _SLOTS) * _ID.size, request_id)
         _ID.pack_into(self._map, 16, count + 1)
 
-    def cancel_and_interrupt(self, request_id: int, pid: int) -> bool:
-        """Cancel a request and, if the server (process ``pid``) is running it now, interrupt it.
+    def cancel_and_interrupt(self, request_id: int, pid: int | None = None) -> bool:
+        """Cancel a request and, if the server is running it now, interrupt it.
 
         The server skips a cancelled request it has not started; a running
         one gets SIGINT, which the server's handler turns into a
-        KeyboardInterrupt only while this very request runs. Returns True
-        when it was interrupted while running.
+        KeyboardInterrupt only while this very request runs. ``pid``: the
+        server's process, for a canceller outside it; None from inside the
+        server (see :meth:`interrupt_here`). Returns True when it was
+        interrupted while running.
         """
         self.cancel(request_id)
         if self.running != request_id:
             return False
-        self.interrupt = request_id
-        os.kill(pid, signal.SIGINT)
+        if pid is None:
+            self.interrupt_here(request_id)
+        else:
+            self.interrupt = request_id
+            os.kill(pid, signal.SIGINT)
         return True
+
+    def interrupt_here(self, request_id: int) -> None:
+        """From a thread of the server itself: interrupt ``request_id`` if it is the one running.
+
+        The signal goes to the main thread, which runs requests: a signal the
+        kernel gave to another thread would not end a sleep or a wait the
+        request is in.
+        """
+        self.interrupt = request_id
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def is_cancelled(self, request_id: int) -> bool:
         """True if the client cancelled this request."""

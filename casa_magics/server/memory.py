@@ -19,7 +19,6 @@ top (``psutil`` is imported where it is used).
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from typing import Any
@@ -112,8 +111,7 @@ class _MemoryWatch(threading.Thread):
         )
         self._ended = (running, time.monotonic())
         self._trim = True
-        board.interrupt = running
-        os.kill(os.getpid(), signal.SIGINT)
+        board.interrupt_here(running)
 
     def _give_back(self, running: int) -> None:
         """Once the ended request is over, ask the C library to return the memory it freed.

@@ -388,18 +388,8 @@ def cancel_here(request_ids: list[int]) -> list[tuple[int, str]]:
     board = _board
     if board is None:
         return [(request_id, "no board") for request_id in request_ids]
-    outcome = []
-    for request_id in request_ids:
-        board.cancel(request_id)
-        if board.running != request_id:
-            outcome.append((request_id, "skipped"))
-            continue
-        board.interrupt = request_id
-        # To the main thread itself (which runs the request), not to whichever thread the kernel picks:
-        # a signal taken by another thread would not end a sleep or a wait the request is in.
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        outcome.append((request_id, "interrupted"))
-    return outcome
+    return [(request_id, "interrupted" if board.cancel_and_interrupt(request_id) else "skipped")
+            for request_id in request_ids]
 
 
 #: States of the background CASA import (see start_casa_import).

@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .slurm_cluster import COMMAND_TIMEOUT, _alive, _end, squeue_ids, why_no_slurm
+from .slurm_cluster import COMMAND_TIMEOUT, _alive, _end, common_settings, squeue_ids, why_no_slurm
 
 __all__ = ["NODES", "MultiNodeSlurm", "why_no_multinode"]
 
@@ -103,12 +103,6 @@ def _subnets_in_use() -> list[ipaddress.IPv4Network]:
 def _free_subnet() -> ipaddress.IPv4Network | None:
     used = _subnets_in_use()
     return next((net for net in SUBNETS if not any(net.overlaps(other) for other in used)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
 
 
 class MultiNodeSlurm:
@@ -234,34 +228,7 @@ class MultiNodeSlurm:
 # The namespaced three-node Slurm of tests/support/multinode_slurm.py.
 ClusterName={self.cluster_name}
 SlurmctldHost={self.host}({self.bridge_ip})
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={base}/munge/munge.socket
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-EnforcePartLimits=ALL
-ReturnToService=2
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-StateSaveLocation={base}/state
-SlurmdSpoolDir={base}/spool/%n
-SlurmctldPidFile={base}/slurmctld.pid
-SlurmdPidFile={base}/slurmd-%n.pid
-SlurmctldLogFile={base}/slurmctld.log
-SlurmdLogFile={base}/slurmd-%n.log
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2
-KillWait=2
-MinJobAge=600
-{node_lines}
+{common_settings(base, daemon_files='%n')}{node_lines}
 PartitionName=nodes Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """
 

@@ -48,10 +48,17 @@ def why_no_slurm() -> str | None:
     return None
 
 
-def _config(base: Path, node: str) -> str:
+def common_settings(base: Path, daemon_files: str = "") -> str:
+    """The ``slurm.conf`` lines both test Slurms share (this one and ``multinode_slurm.py``).
+
+    munge authentication through the socket in ``base/munge``, no accounting,
+    CPUs as the consumable, fresh ports, and every state, pid and log file
+    under ``base``. ``daemon_files``: Slurm's ``%n`` when several slurmd run on
+    one machine, so each node's spool, pid and log files are its own.
+    """
+    spool = f"{base}/spool/{daemon_files}" if daemon_files else f"{base}/spool"
+    slurmd = f"slurmd-{daemon_files}" if daemon_files else "slurmd"
     return f"""\
-ClusterName=casatest
-SlurmctldHost={node}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -67,27 +74,35 @@ SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
 EnforcePartLimits=ALL
 ReturnToService=2
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={base}/state
-SlurmdSpoolDir={base}/spool
+SlurmdSpoolDir={spool}
 SlurmctldPidFile={base}/slurmctld.pid
-SlurmdPidFile={base}/slurmd.pid
+SlurmdPidFile={base}/{slurmd}.pid
 SlurmctldLogFile={base}/slurmctld.log
-SlurmdLogFile={base}/slurmd.log
+SlurmdLogFile={base}/{slurmd}.log
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 KillWait=2
 MinJobAge=600
-NodeName={node} NodeAddr=127.0.0.1 CPUs={CPUS} State=UNKNOWN
+"""
+
+
+def _config(base: Path, node: str) -> str:
+    return f"""\
+ClusterName=casatest
+SlurmctldHost={node}
+{common_settings(base)}NodeName={node} NodeAddr=127.0.0.1 CPUs={CPUS} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 PartitionName=whole Nodes={node} MaxTime=INFINITE State=UP OverSubscribe=EXCLUSIVE
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on every interface now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind(("", 0))
         return probe.getsockname()[1]
 
 
