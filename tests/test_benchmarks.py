@@ -152,3 +152,25 @@ def test_the_time_no_server_was_busy_counts_overlaps_once(bench):
     assert bench.union_length([(0, 1), (0.5, 2), (3, 4), (3.5, 3.6)]) == 3.0
     assert bench.union_length([]) == 0.0
     assert bench.limit(10.0, 1.0, 12.0, 2) == pytest.approx(10 / 7)
+
+
+def test_the_machines_own_spread_is_read_per_task_across_rounds(bench):
+    others = {task: 2.0 for task in bench.DATA_PARALLEL if task != "split"}
+    rounds = [{"times": {**others, "split": 1.0}, "checks": {}, "machine": {"split": 0.10, "tclean": 0.10}},
+              {"times": {**others, "split": 1.5}, "checks": {}, "machine": {"split": 0.12, "tclean": 0.10}},
+              {"times": {**others, "split": 1.2}, "checks": {}, "machine": {"split": 0.11, "tclean": 0.15}}]
+    side = bench._best(rounds)
+    assert side["times"]["split"] == 1.0
+    assert side["spread"]["split"] == pytest.approx(0.5)
+    assert side["machine_rounds"] == [r["machine"] for r in rounds]
+    assert bench.machine_spreads(side) == pytest.approx({"split": 0.2, "tclean": 0.5})
+    assert bench.machine_spreads({"machine_rounds": []}) == {}
+
+
+def test_the_machine_reading_is_a_fixed_amount_of_work(bench):
+    first, second = bench.machine_seconds(), bench.machine_seconds()
+    assert first > 0 and second > 0
+    record = {}
+    assert bench._timed(record, "nothing", lambda **kwargs: kwargs, a=1) == {"a": 1}
+    assert set(record) == {"machine", "times", "cpu"}
+    assert record["machine"]["nothing"] > 0 and record["times"]["nothing"] >= 0
