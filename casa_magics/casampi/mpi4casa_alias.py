@@ -47,14 +47,25 @@ def install_mpi4casa_alias() -> bool:
     return True
 
 
+def _facade(name: str) -> Any:
+    """The facade's class of that name, imported from the module that defines it."""
+    if name == "MPICommandClient":
+        from casa_magics.client.client import MPICommandClient
+
+        return MPICommandClient
+    # MPIEnvironment describes the current session's world, which the session module provides.
+    from casa_magics.cluster import session  # noqa: F401
+    from casa_magics.core.world import MPIEnvironment
+
+    return MPIEnvironment
+
+
 class _Alias(types.ModuleType):
     """An alias module that takes its names from casa_magics when first asked (nothing is imported before)."""
 
     def __getattr__(self, name: str) -> Any:
         if name not in self.__dict__.get("__exported__", ()):
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        import casa_magics
-
-        value = getattr(casa_magics, name)
+        value = _facade(name)
         setattr(self, name, value)
         return value
