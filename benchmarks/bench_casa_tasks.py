@@ -626,13 +626,13 @@ def reference_side(reference: tuple[str, str], env: dict, where: Path, servers: 
     ref_env = {key: value for key, value in env.items()
                if not key.startswith(("OMPI_", "PMI_", "PMIX_", "HYDRA_", "MPIR_", "I_MPI_"))}
     ref_env.pop("VIRTUAL_ENV", None)
+    home = where / "reference"
     # casampi's servers make temporary directories (for Xvfb's xauth) that they leave behind: keep
     # them in the working directory, which is removed at the end.
-    (where / "reference" / "tmp").mkdir(parents=True, exist_ok=True)
-    ref_env["TMPDIR"] = str(where / "reference" / "tmp")
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    ref_env["TMPDIR"] = str(home / "tmp")
     ref_env["PATH"] = str(Path(mpirun).parent) + os.pathsep + os.environ.get("PATH", "")
-    (where / "reference").mkdir(exist_ok=True)
-    ref_env["CASASITECONFIG"] = str(_site_config(where / "reference" / "casasiteconfig.py", ref_python))
+    ref_env["CASASITECONFIG"] = str(_site_config(home / "casasiteconfig.py", ref_python))
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         ref_env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return ("reference", ref_python, ref_env, [mpirun, "--oversubscribe", "-n", str(servers + 1)])
@@ -787,7 +787,7 @@ def print_report(results: dict, args, *, numsubms: int) -> None:
     readings = [value for side in ("serial", "parallel", "reference") if side in results
                 for record in results[side].get("machine_rounds", []) for value in record.values()]
     if readings:
-        per_side = ", ".join(f"{label} {max(machine_spreads(results[side]).values()):.0%}"
+        per_side = ", ".join(f"{label} {max(machine_spreads(results[side]).values(), default=0.0):.0%}"
                              for side, label in (("serial", "serial"), ("parallel", "casa_magics"),
                                                  ("reference", "casampi")) if side in results)
         print(f"\nthe machine itself: the same fixed pure-Python work, timed before every task, took "

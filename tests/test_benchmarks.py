@@ -167,10 +167,11 @@ def test_the_machines_own_spread_is_read_per_task_across_rounds(bench):
     assert bench.machine_spreads({"machine_rounds": []}) == {}
 
 
-def test_the_machine_reading_is_a_fixed_amount_of_work(bench):
-    first, second = bench.machine_seconds(), bench.machine_seconds()
-    assert first > 0 and second > 0
+def test_the_machine_is_read_before_each_task_outside_its_timing(bench, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "machine_seconds", lambda: calls.append("machine") or 0.25)
     record = {}
-    assert bench._timed(record, "nothing", lambda **kwargs: kwargs, a=1) == {"a": 1}
+    assert bench._timed(record, "nothing", lambda **kwargs: calls.append("task") or kwargs, a=1) == {"a": 1}
+    assert calls == ["machine", "task"]
+    assert record["machine"] == {"nothing": 0.25}
     assert set(record) == {"machine", "times", "cpu"}
-    assert record["machine"]["nothing"] > 0 and record["times"]["nothing"] >= 0
